@@ -1,0 +1,43 @@
+# QLASS notebook project. On a fresh Linux machine with Python 3.11 and Java 17:
+#   make run    # the whole notebook series on the embedded default (offline)
+#   make test   # unit tests + a smoke run of the series
+# Both create .venv on first use. GPU users: make TORCH_SPEC="torch==2.5.1" (or any CUDA build) run
+
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+PARAMS ?= params/default.yaml
+PYTEST_ARGS ?=
+
+.PHONY: run test unit smoke venv notebooks lab clean-runs
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(PY) -m qlass_lib run $(PARAMS)
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest -q -m "not smoke" $(PYTEST_ARGS)
+
+smoke: venv
+	$(PY) -m pytest -q -m smoke $(PYTEST_ARGS)
+
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks/
+
+notebooks: venv
+	$(PY) tools/make_notebooks.py
+
+clean-runs:
+	rm -rf runs/

@@ -1,0 +1,127 @@
+"""The acting policy: sample candidate agent turns for a state, and run an episode with any chooser.
+
+Every stage acts through here, so BC evaluation, exploration and search see the same prompts and the same
+action parser, and every generated token lands in a :class:`~qlass_lib.budget.Budget`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import prompts
+from .budget import Budget
+from .envs import TaskRef, TextEnv
+from .models import autocast, model_device
+
+
+@dataclass
+class Candidate:
+    text: str
+    action: str | None
+    tokens: int
+
+
+@dataclass
+class Policy:
+    """A causal LM + tokenizer that proposes agent turns."""
+    model: object
+    tokenizer: object
+    model_cfg: object
+    max_length: int = 1024
+    env_name: str = "scienceworld"
+    example: list | None = None
+
+    @torch.no_grad()
+    def propose(self, state: list[dict], n: int = 1, sampling=None, budget: Budget | None = None) -> list[Candidate]:
+        """``n`` candidate turns for ``state``; greedy when ``sampling`` is None (then n must be 1)."""
+        tok, model = self.tokenizer, self.model
+        max_new = sampling.max_new_tokens if sampling is not None else 48
+        ids = prompts.encode_prompt(tok, state, self.max_length, reserve=max_new)
+        device = model_device(model)
+        input_ids = torch.tensor([ids], device=device)
+        kwargs = dict(max_new_tokens=max_new, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      attention_mask=torch.ones_like(input_ids))
+        if sampling is None:
+            kwargs.update(do_sample=False, num_return_sequences=1)
+        else:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                          top_k=sampling.top_k, num_return_sequences=n)
+        model.eval()
+        ctx = budget.timing("gen") if budget is not None else _null()
+        with ctx, autocast(self.model_cfg, device):
+            out = model.generate(input_ids, **kwargs)
+        gen = out[:, input_ids.shape[1]:].tolist()
+        cands = []
+        for seq in gen:
+            n_tok = len(seq)
+            if tok.eos_token_id in seq:
+                n_tok = seq.index(tok.eos_token_id) + 1
+            text = tok.decode(seq[:n_tok], skip_special_tokens=True)
+            text = text.split("\nObservation:")[0].strip()
+            cands.append(Candidate(text, prompts.parse_action(text), n_tok))
+            if budget is not None:
+                budget.add_generation(n_tok)
+        return cands
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+@dataclass
+class Episode:
+    task: str
+    reward: float
+    success: bool
+    steps: int
+    turns: list[dict] = field(default_factory=list)
+    task_text: str = ""
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "reward": self.reward, "success": self.success, "steps": self.steps,
+                "task_text": self.task_text, "turns": self.turns}
+
+
+Chooser = Callable[[list[dict], int], tuple[Candidate, dict]]
+
+
+def run_episode(env: TextEnv, task: TaskRef, choose: Chooser, budget: Budget | None = None,
+                example=None, task_text_fn: Callable[[str], str] | None = None) -> Episode:
+    """Act in ``env`` on ``task`` until done; ``choose(state, turn)`` returns the turn to execute.
+
+    The chooser only ever sees the observations of actions that were executed.  A turn without a parsable
+    action is answered with an observation and counts toward the turn cap.
+    """
+    budget = budget or Budget()
+    with budget.timing("env"):
+        first = env.reset(task)
+    shown = task_text_fn(first.task_text) if task_text_fn else first.task_text
+    state = prompts.initial_state(env.name, shown, first.observation, example)
+    turns, score = [], 0.0
+    while True:
+        cand, extra = choose(state, len(turns))
+        if cand.action is None:
+            step = env.skip_turn(prompts.NO_ACTION_OBSERVATION)
+        else:
+            with budget.timing("env"):
+                step = env.step(cand.action)
+            budget.add_env_steps()
+        score = step.info["score"]
+        turns.append({"text": cand.text, "action": cand.action, "observation": step.observation,
+                      "reward": step.reward, "score": score, "tokens": cand.tokens, **extra})
+        state = prompts.extend(state, cand.text, step.observation)
+        if step.done:
+            break
+    return Episode(task.id, score, score >= 1.0 - 1e-9, len(turns), turns, shown)
+
+
+def greedy_chooser(policy: Policy, budget: Budget | None = None) -> Chooser:
+    def choose(state, turn):
+        return policy.propose(state, 1, None, budget)[0], {}
+    return choose

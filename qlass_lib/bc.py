@@ -1,0 +1,267 @@
+"""Behavior cloning: supervised fine-tuning on expert conversations with loss on the agent's turns only.
+
+A conversation that fits ``max_length`` is one example with every agent turn supervised.  A longer one
+becomes one example per agent turn: the task message, as many recent turns as fit, and the current turn,
+which is the only supervised one (left truncation that always keeps the current turn).
+Training checkpoints (trainable weights + optimizer state as safetensors, JSON trainer state) make the
+loop resumable after a crash.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import prompts
+from .expert import to_messages
+from .models import autocast, model_device
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    task_id: str = ""
+
+
+def mask_labels(tokenizer, messages: list[dict], supervise: str = "all") -> tuple[list[int], list[int]]:
+    """Token ids of the rendered conversation and labels that keep only assistant tokens.
+
+    ``supervise='last'`` keeps only the final assistant turn.
+    """
+    text, spans = prompts.assistant_spans(tokenizer, messages)
+    text = text.rstrip()  # nothing to learn after the last end-of-turn marker
+    if supervise == "last":
+        spans = spans[-1:]
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = []
+    for tid, (s, e) in zip(ids, offsets):
+        inside = any(a <= s < b for a, b in spans) and e > s
+        labels.append(tid if inside else IGNORE)
+    return ids, labels
+
+
+def build_examples(tokenizer, records: list[dict], max_length: int) -> list[Example]:
+    out = []
+    for rec in records:
+        msgs = to_messages(rec["conversations"])
+        while msgs and msgs[-1]["role"] != "assistant":
+            msgs = msgs[:-1]
+        if not msgs:
+            continue
+        ids, labels = mask_labels(tokenizer, msgs)
+        if len(ids) <= max_length:
+            out.append(Example(ids, labels, rec["id"]))
+            continue
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            window = prompts.fit(tokenizer, msgs[: i + 1], max_length, add_generation_prompt=False)
+            ids, labels = mask_labels(tokenizer, window, supervise="last")
+            out.append(Example(ids[-max_length:], labels[-max_length:], rec["id"]))
+    return out
+
+
+def split_by_task(records: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    ids = sorted({r["id"] for r in records})
+    random.Random(seed).shuffle(ids)
+    n_val = int(round(len(ids) * val_fraction)) if len(ids) > 1 else 0
+    val = set(ids[:n_val])
+    return [r for r in records if r["id"] not in val], [r for r in records if r["id"] in val]
+
+
+def make_batches(examples: list[Example], batch_tokens: int, rng: random.Random) -> list[list[Example]]:
+    """Shuffle, bucket by length, and pack so that (longest x count) stays within ``batch_tokens``."""
+    idx = list(range(len(examples)))
+    rng.shuffle(idx)
+    chunks = [sorted(idx[i:i + 64], key=lambda j: len(examples[j].input_ids)) for i in range(0, len(idx), 64)]
+    batches = []
+    for chunk in chunks:
+        cur: list[int] = []
+        for j in chunk:
+            longest = max([len(examples[k].input_ids) for k in cur + [j]])
+            if cur and longest * (len(cur) + 1) > batch_tokens:
+                batches.append([examples[k] for k in cur])
+                cur = []
+            cur.append(j)
+        if cur:
+            batches.append([examples[k] for k in cur])
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(batch: list[Example], pad_id: int, device) -> dict:
+    n = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), n), IGNORE, dtype=torch.long)
+    att = torch.zeros((len(batch), n), dtype=torch.long)
+    for i, e in enumerate(batch):
+        L = len(e.input_ids)
+        ids[i, :L] = torch.tensor(e.input_ids)
+        labels[i, :L] = torch.tensor(e.labels)
+        att[i, :L] = 1
+    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": att.to(device)}
+
+
+def action_loss(model, batch: dict, model_cfg) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over supervised (agent) tokens, and their count."""
+    with autocast(model_cfg, batch["input_ids"].device):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, :-1].float()
+    target = batch["labels"][:, 1:]
+    n = int((target != IGNORE).sum())
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")
+    return loss / max(n, 1), n
+
+
+@torch.no_grad()
+def validation_loss(model, examples: list[Example], tokenizer, model_cfg, batch_tokens: int) -> float:
+    if not examples:
+        return float("nan")
+    model.eval()
+    total, count = 0.0, 0
+    for batch in make_batches(examples, batch_tokens, random.Random(0)):
+        loss, n = action_loss(model, collate(batch, tokenizer.pad_token_id, model_device(model)), model_cfg)
+        total += float(loss) * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def _save_ckpt(model, opt, state: dict, ckpt: Path) -> None:
+    ckpt.mkdir(parents=True, exist_ok=True)
+    save_file({k: p.detach().cpu().contiguous() for k, p in model.named_parameters() if p.requires_grad},
+              str(ckpt / "trainable.safetensors"))
+    osd = opt.state_dict()
+    tensors, meta = {}, {}
+    for pid, st in osd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                meta[f"{pid}.{k}"] = v
+    save_file(tensors, str(ckpt / "optimizer.safetensors"))
+    tmp = ckpt / "trainer_state.json.tmp"
+    tmp.write_text(json.dumps({**state, "optimizer_meta": meta, "param_groups": osd["param_groups"]}))
+    tmp.replace(ckpt / "trainer_state.json")
+
+
+def _load_ckpt(model, opt, ckpt: Path) -> dict | None:
+    if not (ckpt / "trainer_state.json").is_file():
+        return None
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    weights = load_file(str(ckpt / "trainable.safetensors"))
+    model.load_state_dict({k: v.to(model_device(model)) for k, v in weights.items()}, strict=False)
+    tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    opt_state: dict = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        opt_state.setdefault(int(pid), {})[k] = v.to(model_device(model))
+    for key, v in state.pop("optimizer_meta").items():
+        pid, k = key.split(".", 1)
+        opt_state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
+    return state
+
+
+def train_bc(model, tokenizer, train_ex: list[Example], val_ex: list[Example], bc_cfg, model_cfg, out_dir,
+             seed: int = 0) -> dict:
+    """Train with AdamW + warm-up/cosine; stop at ``stop_at_loss``, ``max_epochs`` or ``max_minutes``.
+
+    Resumes from ``out_dir/checkpoint`` when present.  Returns the history (train/val loss per step).
+    """
+    out_dir = Path(out_dir)
+    device = model_device(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=bc_cfg.learning_rate, weight_decay=bc_cfg.weight_decay, betas=(0.9, 0.98))
+    steps_per_epoch = len(make_batches(train_ex, bc_cfg.batch_tokens, random.Random(seed)))
+    total = max(1, steps_per_epoch * bc_cfg.max_epochs)
+
+    def lr_at(step):
+        if step < bc_cfg.warmup_steps:
+            return (step + 1) / bc_cfg.warmup_steps
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+
+    state = _load_ckpt(model, opt, out_dir / "checkpoint") or {
+        "step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed_s": 0.0, "ema": None, "history": [], "stopped": None}
+    model.train()
+    t_start = time.perf_counter() - state["elapsed_s"]
+    bar = tqdm(total=total, initial=state["step"], desc="behavior cloning")
+    while state["stopped"] is None:
+        batches = make_batches(train_ex, bc_cfg.batch_tokens, random.Random(seed * 1000 + state["epoch"]))
+        for bi in range(state["batch_in_epoch"], len(batches)):
+            for g in opt.param_groups:
+                g["lr"] = bc_cfg.learning_rate * lr_at(state["step"])
+            loss, n = action_loss(model, collate(batches[bi], tokenizer.pad_token_id, device), model_cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            state["step"] += 1
+            state["batch_in_epoch"] = bi + 1
+            lv = loss.item()
+            state["ema"] = lv if state["ema"] is None else 0.9 * state["ema"] + 0.1 * lv
+            rec = {"step": state["step"], "epoch": state["epoch"], "train_loss": lv, "train_ema": state["ema"],
+                   "tokens": n, "elapsed_s": time.perf_counter() - t_start}
+            if state["step"] % bc_cfg.eval_every == 0:
+                rec["val_loss"] = validation_loss(model, val_ex, tokenizer, model_cfg, bc_cfg.batch_tokens)
+            state["history"].append(rec)
+            bar.update(1)
+            bar.set_postfix(loss=f"{state['ema']:.3f}")
+            state["elapsed_s"] = rec["elapsed_s"]
+            if state["step"] >= bc_cfg.warmup_steps and state["ema"] < bc_cfg.stop_at_loss:
+                state["stopped"] = "target_loss"
+            elif state["elapsed_s"] > bc_cfg.max_minutes * 60:
+                state["stopped"] = "time"
+            if state["stopped"] or state["step"] % bc_cfg.save_every == 0:
+                _save_ckpt(model, opt, state, out_dir / "checkpoint")
+            if state["stopped"]:
+                break
+        else:
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+            if state["epoch"] >= bc_cfg.max_epochs:
+                state["stopped"] = "epochs"
+    bar.close()
+    final_val = validation_loss(model, val_ex, tokenizer, model_cfg, bc_cfg.batch_tokens)
+    state["history"].append({"step": state["step"], "epoch": state["epoch"], "val_loss": final_val,
+                             "elapsed_s": state["elapsed_s"]})
+    _save_ckpt(model, opt, state, out_dir / "checkpoint")
+    model.eval()
+    return {"history": state["history"], "stopped": state["stopped"], "steps": state["step"],
+            "epochs": state["epoch"], "train_seconds": state["elapsed_s"], "final_val_loss": final_val,
+            "final_train_ema": state["ema"]}
+
+
+def fit_policy(cfg, records: list[dict], base: str, out_dir) -> tuple[object, object, dict]:
+    """Train (or, when already finished, reload) the BC policy; returns (model, tokenizer, result)."""
+    from .artifacts import read_json, write_json
+    from .models import load_model, load_policy, load_tokenizer, save_policy
+    out_dir = Path(out_dir)
+    done = out_dir / "bc_result.json"
+    if done.is_file() and (out_dir / "policy").is_dir():
+        model, tok = load_policy(out_dir / "policy", cfg.model)
+        return model, tok, read_json(done)
+    tok = load_tokenizer(base, cfg.model)
+    model = load_model(base, cfg.model, train=True)
+    train_recs, val_recs = split_by_task(records, cfg.bc.val_fraction, cfg.seed)
+    train_ex = build_examples(tok, train_recs, cfg.bc.max_length)
+    val_ex = build_examples(tok, val_recs, cfg.bc.max_length)
+    result = train_bc(model, tok, train_ex, val_ex, cfg.bc, cfg.model, out_dir, cfg.seed)
+    result.update(train_examples=len(train_ex), val_examples=len(val_ex), train_tasks=len(train_recs),
+                  val_tasks=len(val_recs), base_model=base,
+                  supervised_tokens_per_epoch=sum(sum(1 for x in e.labels if x != IGNORE) for e in train_ex))
+    save_policy(model, tok, out_dir / "policy", base)
+    write_json(done, result)
+    return model, tok, result

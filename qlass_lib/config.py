@@ -1,0 +1,259 @@
+"""Typed run configuration, loaded from a params YAML file.
+
+Every field carries a one-line doc (``field(metadata={"doc": ...})``).  Loading is strict: an unknown key
+or a value of the wrong type stops with an error that names the key path, e.g. ``bc.lerning_rate``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not fit the schema."""
+
+
+def doc(default: Any, text: str):
+    """A dataclass field with a default and a one-line doc."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class EnvConfig:
+    name: Literal["scienceworld", "scripted"] = doc("scienceworld", "environment adapter")
+    task_types: list[str] = doc(
+        ["lifespan-longest-lived", "lifespan-shortest-lived", "lifespan-longest-lived-then-shortest-lived",
+         "find-non-living-thing"], "task types (ScienceWorld task names) used by every stage")
+    split_dir: Optional[str] = doc(None, "directory with ETO split files (train/dev/test_indices.json); None = the package's own splits")
+    max_turns: int = doc(20, "per-episode turn cap (counts every action, valid or not)")
+    jvm_memory: str = doc("512m", "JVM heap cap for ScienceWorld (-Xmx)")
+    train_per_type: Optional[int] = doc(None, "train variations per task type for expert data / BC (None = all)")
+    eval_split: Literal["dev", "test"] = doc("test", "held-out split for BC evaluation and search")
+    eval_per_type: int = doc(10, "held-out variations per task type for evaluation")
+    eval_task_file: Optional[str] = doc(None, "file listing evaluation tasks (task + variation per line, or JSON); overrides eval_split/eval_per_type")
+
+
+@dataclass
+class ExpertConfig:
+    thoughts: Literal["none", "template"] = doc("none", "agent turn text: bare action, or a templated short rationale + action")
+    look_on_arrival: bool = doc(True, "insert 'look around' after each move so decisions see the room (replay-checked)")
+    sft_file: Optional[str] = doc(None, "an ETO-format SFT JSON file to use instead of generating from gold paths")
+    one_shot: bool = doc(False, "put one expert demonstration into every prompt (useful for large pretrained models)")
+
+
+@dataclass
+class TinyModelConfig:
+    hidden_size: int = doc(128, "hidden size of the embedded tiny Llama")
+    num_layers: int = doc(4, "decoder layers")
+    num_heads: int = doc(4, "attention heads")
+    intermediate_size: int = doc(344, "MLP width")
+    vocab_size: int = doc(1024, "byte-level BPE vocabulary trained on the expert corpus")
+    max_positions: int = doc(2048, "maximum positions")
+
+
+@dataclass
+class ModelConfig:
+    model_name_or_path: str = doc("embedded-tiny", "HF causal-LM id or local directory; 'embedded-tiny' builds the offline tiny Llama")
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"doc": "architecture of the embedded tiny model"})
+    load_in_4bit: bool = doc(False, "bitsandbytes NF4 quantization (needs CUDA)")
+    lora_r: int = doc(0, "LoRA rank; 0 trains all weights")
+    lora_alpha: int = doc(16, "LoRA alpha")
+    lora_dropout: float = doc(0.05, "LoRA dropout")
+    lora_target_modules: list[str] = doc(["q_proj", "k_proj", "v_proj", "o_proj"], "modules LoRA adapts")
+    bf16: bool = doc(True, "bf16 autocast where the device supports it")
+    gradient_checkpointing: bool = doc(False, "trade compute for memory during training")
+    trust_remote_code: bool = doc(False, "allow model repos to run their own code (off by default)")
+    device: str = doc("auto", "'auto', 'cpu' or 'cuda'")
+
+
+@dataclass
+class BCConfig:
+    max_length: int = doc(1024, "token cap per training example (left truncation keeps the current turn)")
+    learning_rate: float = doc(3e-3, "peak learning rate (AdamW, cosine decay)")
+    weight_decay: float = doc(0.01, "AdamW weight decay")
+    batch_tokens: int = doc(8192, "tokens per optimizer step (examples are packed by length)")
+    max_epochs: int = doc(30, "epoch cap")
+    max_minutes: float = doc(5.0, "wall-clock cap for training")
+    stop_at_loss: float = doc(0.04, "stop when the running action-token loss falls below this (keeps sampling diversity)")
+    val_fraction: float = doc(0.05, "share of expert tasks held out for validation loss")
+    warmup_steps: int = doc(20, "linear warm-up steps")
+    eval_every: int = doc(50, "optimizer steps between validation-loss checks")
+    save_every: int = doc(100, "optimizer steps between resumable checkpoints")
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = doc(0.7, "sampling temperature")
+    top_p: float = doc(1.0, "nucleus sampling p")
+    top_k: int = doc(0, "top-k (0 = off)")
+    max_new_tokens: int = doc(48, "cap on tokens generated per agent turn")
+
+
+@dataclass
+class TreeConfig:
+    num_tasks_per_type: int = doc(8, "training tasks per type that get an exploration tree")
+    depth: int = doc(6, "expansion depth D (nodes at depth <= D get children)")
+    width: int = doc(3, "children per expanded node W")
+    max_resample: int = doc(3, "extra samples when a candidate duplicates a sibling")
+    attach_expert: bool = doc(True, "attach the expert trajectory as a branch when one exists")
+    max_rollouts: int = doc(40, "cap on rollouts per tree")
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"doc": "policy sampling during exploration"})
+
+
+@dataclass
+class QValueConfig:
+    gamma: float = doc(0.9, "discount in Q(n) = r(n) + gamma * max Q(children)")
+    normalize: Literal["tree", "dataset", "none"] = doc("tree", "min-max normalization scope")
+    target: Literal["q", "avg_reward", "outcome"] = doc("q", "process reward used as the QNet target")
+    val_fraction: float = doc(0.2, "share of tree tasks held out for QNet validation")
+
+
+@dataclass
+class QNetConfig:
+    max_length: int = doc(1024, "token cap per (state, action) example")
+    learning_rate: float = doc(1e-3, "learning rate")
+    backbone_lr_scale: float = doc(0.1, "backbone lr = learning_rate * this (0 freezes the backbone)")
+    epochs: int = doc(10, "epochs over the QNet dataset")
+    batch_size: int = doc(16, "examples per step")
+    loss: Literal["per_token", "last_token"] = doc("per_token", "MSE over every action token (paper) or the last one")
+    max_minutes: float = doc(5.0, "wall-clock cap for training")
+    ablation_targets: list[str] = doc(["avg_reward", "outcome"], "extra QNets trained on these targets for the ablation")
+
+
+@dataclass
+class SearchConfig:
+    n_trajectories: int = doc(4, "trajectories per task N (Best-of-N and QLASS)")
+    m_candidates: list[int] = doc([2, 4], "candidates per step M swept for QLASS")
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"doc": "sampling for Best-of-N and QLASS candidates"})
+    paraphraser: Literal["local", "openai"] = doc("local", "task-description paraphraser for the -aug variants")
+    paraphrase_endpoint: Optional[str] = doc(None, "OpenAI-compatible base URL (paraphraser=openai)")
+    paraphrase_model: Optional[str] = doc(None, "model name at that endpoint")
+    case_study_tasks: int = doc(3, "tasks whose first-step candidates are shown with their Q")
+
+
+@dataclass
+class RunConfig:
+    run_id: str = doc("default", "folder under runs/ for this run")
+    seed: int = doc(0, "global seed")
+    env: EnvConfig = field(default_factory=EnvConfig, metadata={"doc": "environment and task selection"})
+    expert: ExpertConfig = field(default_factory=ExpertConfig, metadata={"doc": "expert trajectories"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "policy model and its loading switches"})
+    bc: BCConfig = field(default_factory=BCConfig, metadata={"doc": "behavior cloning"})
+    tree: TreeConfig = field(default_factory=TreeConfig, metadata={"doc": "exploration trees"})
+    qvalues: QValueConfig = field(default_factory=QValueConfig, metadata={"doc": "Q propagation and dataset export"})
+    qnet: QNetConfig = field(default_factory=QNetConfig, metadata={"doc": "QNet training"})
+    search: SearchConfig = field(default_factory=SearchConfig, metadata={"doc": "guided search and baselines"})
+
+
+def _check(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check(a, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{path}: bad value {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{path}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_check(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported type {tp}")
+
+
+def _build(cls, data: dict, path: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{path}.{key}" if path else key
+            raise ConfigError(f"unknown params key '{where}' (valid keys here: {sorted(names)})")
+    kwargs = {k: _check(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """Load and validate a params file (None = all defaults), with optional nested overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"params file not found: {p}")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+    if overrides:
+        data = deep_merge(data, overrides)
+    return _build(RunConfig, data)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(obj) -> str:
+    """Stable short hash of a config (dataclass or plain data)."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def field_docs(cls=RunConfig, prefix: str = "") -> dict[str, str]:
+    """Flattened 'section.key' -> one-line doc, for README tables and notebooks."""
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        out[name] = f.metadata.get("doc", "")
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(field_docs(hints[f.name], name + "."))
+    return out

@@ -1,0 +1,62 @@
+"""What every notebook opens first: the validated config, the run folder, seeding and quiet logging."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RunConfig, load_config
+from .models import quiet_hf
+
+STAGES = {
+    "01": "01_behavior_cloning",
+    "02": "02_tree_construction",
+    "03": "03_q_values",
+    "04": "04_qnet_training",
+    "05": "05_guided_search",
+}
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    run_dir: Path
+
+    @classmethod
+    def open(cls, params_path: str | None, run_dir: str | None = None, overrides: dict | None = None) -> "RunContext":
+        """Load + validate params; ``run_dir`` defaults to ``runs/<run_id>`` under the project root."""
+        quiet_hf()
+        if params_path is not None and not Path(params_path).is_absolute():
+            candidate = project_root() / params_path
+            params_path = str(candidate) if candidate.exists() else params_path
+        cfg = load_config(params_path, overrides)
+        rd = Path(run_dir) if run_dir else project_root() / "runs" / cfg.run_id
+        rd.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.seed)
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        return cls(cfg, rd)
+
+    def stage_dir(self, key: str) -> Path:
+        d = self.run_dir / STAGES[key]
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def resolve(self, path: str | None) -> Path | None:
+        """A user path from params: relative paths are taken from the project root."""
+        if path is None:
+            return None
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else project_root() / p

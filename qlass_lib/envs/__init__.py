@@ -1,0 +1,66 @@
+"""Text environments behind one protocol (see :mod:`qlass_lib.envs.base`)."""
+from .base import EnvError, Reset, Step, TaskRef, TextEnv, check_env, replay
+
+__all__ = ["EnvError", "Reset", "Step", "TaskRef", "TextEnv", "check_env", "replay", "make_env", "eval_tasks"]
+
+
+def make_env(env_cfg, max_turns: int | None = None) -> TextEnv:
+    """Build the adapter named by ``env_cfg.name``."""
+    turns = max_turns or env_cfg.max_turns
+    if env_cfg.name == "scienceworld":
+        from .scienceworld import ScienceWorldEnv
+        return ScienceWorldEnv(env_cfg.task_types, max_turns=turns, jvm_memory=env_cfg.jvm_memory,
+                               split_dir=env_cfg.split_dir)
+    if env_cfg.name == "scripted":
+        from .scripted import ScriptedEnv
+        return ScriptedEnv(max_turns=turns)
+    raise EnvError(f"unknown environment {env_cfg.name!r}")
+
+
+def read_task_file(path: str) -> list[TaskRef]:
+    """Tasks from a file: JSON list of [task, variation] / {"task_type", "variation"}, or 'task variation' lines."""
+    import json
+    from pathlib import Path
+    p = Path(path)
+    if not p.is_file():
+        raise EnvError(f"evaluation task file not found: {p}")
+    text = p.read_text()
+    if text.lstrip().startswith("["):
+        out = []
+        for item in json.loads(text):
+            if isinstance(item, dict):
+                out.append(TaskRef(item["task_type"], int(item["variation"])))
+            else:
+                out.append(TaskRef(str(item[0]), int(item[1])))
+        return out
+    out = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, var = line.replace(",", " ").split()
+            out.append(TaskRef(name, int(var)))
+    return out
+
+
+def per_type(tasks: list[TaskRef], k: int | None) -> list[TaskRef]:
+    """The first ``k`` tasks of every task type, keeping order."""
+    if k is None:
+        return list(tasks)
+    seen: dict[str, int] = {}
+    out = []
+    for t in tasks:
+        if seen.get(t.task_type, 0) < k:
+            seen[t.task_type] = seen.get(t.task_type, 0) + 1
+            out.append(t)
+    return out
+
+
+def eval_tasks(env: TextEnv, env_cfg) -> list[TaskRef]:
+    """The held-out evaluation tasks: a task file when given, else ``eval_per_type`` of ``eval_split``."""
+    if env_cfg.eval_task_file:
+        tasks = read_task_file(env_cfg.eval_task_file)
+        if env_cfg.name == "scienceworld":
+            from .scienceworld import canonical_task
+            tasks = [TaskRef(canonical_task(t.task_type), t.variation) for t in tasks]
+        return tasks
+    return per_type(env.tasks(env_cfg.eval_split), env_cfg.eval_per_type)

@@ -1,0 +1,44 @@
+"""Run a chooser over a task list with resumable per-episode JSONL, and summarize the results."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .agent import Chooser, run_episode
+from .artifacts import append_jsonl, read_jsonl, repair_jsonl
+from .budget import Budget
+from .envs import TaskRef, TextEnv
+
+
+def evaluate(env: TextEnv, tasks: list[TaskRef], make_chooser: Callable[[Budget], Chooser], out_path: str | Path,
+             desc: str = "evaluate", example=None, tag: dict | None = None) -> list[dict]:
+    """One episode per task; each finished episode is appended to ``out_path`` and skipped on rerun."""
+    repair_jsonl(out_path)
+    done = {r["task"] for r in read_jsonl(out_path)}
+    for task in tqdm([t for t in tasks if t.id not in done], desc=desc):
+        budget = Budget()
+        ep = run_episode(env, task, make_chooser(budget), budget, example)
+        append_jsonl(out_path, {**(tag or {}), **ep.to_dict(), "task_type": task.task_type,
+                                "variation": task.variation, "budget": budget.snapshot()})
+    wanted = {t.id for t in tasks}
+    return [r for r in read_jsonl(out_path) if r["task"] in wanted]
+
+
+def summarize(episodes: list[dict], by: str = "task_type") -> pd.DataFrame:
+    """Mean reward x100, success rate (%), mean steps and generated tokens per group, plus an 'all' row."""
+    if not episodes:
+        return pd.DataFrame(columns=[by, "episodes", "mean_reward_x100", "success_rate_pct", "mean_steps"])
+    df = pd.DataFrame([{by: e[by], "reward": e["reward"], "success": e["success"], "steps": e["steps"],
+                        "gen_tokens": e.get("budget", {}).get("gen_tokens", 0)} for e in episodes])
+
+    def agg(g):
+        return pd.Series({"episodes": len(g), "mean_reward_x100": 100 * g.reward.mean(),
+                          "success_rate_pct": 100 * g.success.mean(), "mean_steps": g.steps.mean(),
+                          "gen_tokens_per_episode": g.gen_tokens.mean()})
+    table = df.groupby(by).apply(agg, include_groups=False).reset_index()
+    total = agg(df).to_frame().T
+    total.insert(0, by, "all")
+    return pd.concat([table, total], ignore_index=True)

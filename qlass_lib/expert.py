@@ -1,0 +1,168 @@
+"""Expert trajectories: generated from gold action paths and replay-checked, or loaded from ETO SFT files.
+
+Records use the ETO ``conversations`` schema plus a few fields of ours::
+
+    {"schema_version": 1, "id": "lifespan-longest-lived_12", "task_type": ..., "variation": ..., "reward": 1.0,
+     "conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": "Action: ..."}, ...]}
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterable
+
+from tqdm.auto import tqdm
+
+from . import prompts
+from .envs import TaskRef, TextEnv
+
+SCHEMA_VERSION = 1
+_MOVE = re.compile(r"^(go to|teleport to) ", re.IGNORECASE)
+
+
+def template_thought(action: str) -> str:
+    """A short rationale in the project's own words, derived only from the action itself."""
+    a = action.strip()
+    rules = [
+        (r"^look around$", "I should look around to see what is here."),
+        (r"^(?:go|teleport) to (.+)$", "I will go to the {0}."),
+        (r"^open door to (.+)$", "The door to the {0} is in my way, so I open it."),
+        (r"^open (.+)$", "I open the {0}."),
+        (r"^focus on (.+)$", "The {0} is what the task asks for, so I focus on it."),
+        (r"^move (.+) to (.+)$", "I move the {0} to the {1}."),
+        (r"^pick up (.+)$", "I need the {0}, so I pick it up."),
+        (r"^wait1?$", "I wait for a moment."),
+        (r"^(?:examine|look at) (.+)$", "I take a closer look at the {0}."),
+    ]
+    for pat, text in rules:
+        m = re.match(pat, a, re.IGNORECASE)
+        if m:
+            return text.format(*m.groups())
+    return f"Next I will {a}."
+
+
+def with_looks(actions: list[str]) -> list[str]:
+    """Insert 'look around' after every move that is not already followed by one."""
+    out = []
+    for i, a in enumerate(actions):
+        out.append(a)
+        nxt = actions[i + 1] if i + 1 < len(actions) else None
+        if _MOVE.match(a) and (nxt is None or nxt.strip().lower() != "look around"):
+            out.append("look around")
+    return out
+
+
+def to_conversations(messages: list[dict]) -> list[dict]:
+    return [{"from": "gpt" if m["role"] == "assistant" else "human", "value": m["content"]} for m in messages]
+
+
+def to_messages(conversations: list[dict]) -> list[dict]:
+    return [{"role": "assistant" if c["from"] in ("gpt", "assistant") else "user", "content": c["value"]}
+            for c in conversations]
+
+
+def record_trajectory(env: TextEnv, task: TaskRef, actions: list[str], thoughts: str = "none",
+                      example=None) -> dict:
+    """Replay ``actions`` and write the conversation, stopping when the episode ends."""
+    first = env.reset(task)
+    state = prompts.initial_state(env.name, first.task_text, first.observation, example)
+    score, used = 0.0, []
+    for a in actions:
+        text = prompts.agent_turn(a, template_thought(a) if thoughts == "template" else None)
+        step = env.step(a)
+        state = prompts.extend(state, text, step.observation)
+        used.append(a)
+        score = step.info["score"]
+        if step.done:
+            break
+    return {"schema_version": SCHEMA_VERSION, "id": task.id, "task_type": task.task_type,
+            "variation": task.variation, "reward": score, "actions": used, "task_text": first.task_text,
+            "conversations": to_conversations(state[:-1] if state[-1]["role"] == "user" and used else state)}
+
+
+def generate_expert(env, tasks: Iterable[TaskRef], out_path: str | Path, thoughts: str = "none",
+                    look_on_arrival: bool = True, example=None) -> dict:
+    """Generate replay-checked expert trajectories for ``tasks`` into a JSONL file (resumable).
+
+    A trajectory is kept only if its replay reaches the full score.  When the look-augmented path fails,
+    the plain gold path is tried.  Returns counts.
+    """
+    out_path = Path(out_path)
+    done = {r["id"] for r in read_jsonl(out_path)} if out_path.exists() else set()
+    stats = {"kept": len(done), "failed": 0, "plain_fallback": 0}
+    tasks = [t for t in tasks if t.id not in done]
+    with out_path.open("a") as f:
+        for task in tqdm(tasks, desc="expert trajectories"):
+            gold = env.gold_actions(task)
+            candidates = ([with_looks(gold)] if look_on_arrival else []) + [gold]
+            rec = None
+            for k, acts in enumerate(candidates):
+                r = record_trajectory(env, task, acts, thoughts, example)
+                if r["reward"] >= 1.0 - 1e-9:
+                    rec = r
+                    stats["plain_fallback"] += int(look_on_arrival and k == 1)
+                    break
+            if rec is None:
+                stats["failed"] += 1
+                continue
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            stats["kept"] += 1
+    return stats
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    out = []
+    with Path(path).open() as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:  # a torn last line after a crash
+                    break
+    return out
+
+
+def load_eto_sft(path: str | Path) -> list[dict]:
+    """Read an ETO-format SFT file (JSON list of {"id", "conversations"}) into our record form."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"SFT file not found: {p}")
+    data = json.loads(p.read_text())
+    out = []
+    for item in data:
+        conv = item["conversations"]
+        if not conv or not any(c["from"] == "gpt" for c in conv):
+            continue
+        tid = str(item["id"])
+        head, _, var = tid.rpartition("_")
+        out.append({"schema_version": SCHEMA_VERSION, "id": tid, "task_type": head or tid,
+                    "variation": int(var) if var.isdigit() else -1, "reward": item.get("reward", 1.0),
+                    "conversations": conv})
+    return out
+
+
+def prepare(cfg, env, out_dir: str | Path, resolve=lambda p: Path(p)) -> tuple[list[dict], dict]:
+    """Expert records for BC: the user's ETO SFT file when ``expert.sft_file`` is set, else trajectories
+    generated from gold paths of ``env.train_per_type`` train variations of every task type (resumable)."""
+    out = Path(out_dir) / "expert.jsonl"
+    if cfg.expert.sft_file:
+        recs = load_eto_sft(resolve(cfg.expert.sft_file))
+        return recs, {"source": str(cfg.expert.sft_file), "kept": len(recs)}
+    from .envs import per_type
+    tasks = per_type(env.tasks("train"), cfg.env.train_per_type)
+    stats = generate_expert(env, tasks, out, cfg.expert.thoughts, cfg.expert.look_on_arrival)
+    stats["source"] = "gold paths"
+    stats["tasks"] = len(tasks)
+    return read_jsonl(out), stats
+
+
+def one_shot_example(records: list[dict]) -> list[dict] | None:
+    """The turns of the shortest expert record after its first message, used as a one-shot demonstration."""
+    if not records:
+        return None
+    rec = min(records, key=lambda r: len(r["conversations"]))
+    msgs = to_messages(rec["conversations"])
+    return [{"role": "user", "content": f"Task: {rec.get('task_text', '')}"}] + msgs[1:]

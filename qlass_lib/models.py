@@ -1,0 +1,186 @@
+"""Model loading: one Hugging Face code path for the embedded tiny Llama on a CPU and a 7B model on a GPU.
+
+- ``embedded-tiny`` builds a Llama-architecture config and a byte-level BPE tokenizer trained on the expert
+  corpus, saves both with ``save_pretrained`` and reloads them through ``AutoModelForCausalLM`` /
+  ``AutoTokenizer``, exactly as any hub id or local directory is loaded.
+- Switches: 4-bit NF4 (bitsandbytes; refused without CUDA), LoRA (peft), bf16 autocast, gradient checkpointing.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from . import prompts
+
+EMBEDDED = "embedded-tiny"
+SPECIAL_TOKENS = ["<pad>", "<|end|>", "<|user|>", "<|assistant|>"]
+
+
+def quiet_hf() -> None:
+    """Silence the progress bars and warnings that flood notebook outputs."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        import transformers
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except Exception:
+        pass
+    logging.getLogger("py4j").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def pick_device(pref: str = "auto") -> torch.device:
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device is 'cuda' but no CUDA device is available")
+    if pref == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(pref)
+
+
+def autocast(model_cfg, device: torch.device):
+    """bf16 autocast where supported (CUDA with bf16, or CPU); a no-op context otherwise."""
+    if not model_cfg.bf16:
+        return contextlib.nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def build_tiny(out_dir: str | Path, corpus: Iterable[str], tiny_cfg, seed: int = 0) -> Path:
+    """Train a byte-level BPE tokenizer on ``corpus``, make a tiny Llama, save both; return the directory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=tiny_cfg.vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(list(corpus), trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|end|>", pad_token="<pad>")
+    tok.chat_template = prompts.DEFAULT_CHAT_TEMPLATE
+    tok.save_pretrained(out)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=tiny_cfg.hidden_size, intermediate_size=tiny_cfg.intermediate_size,
+        num_hidden_layers=tiny_cfg.num_layers, num_attention_heads=tiny_cfg.num_heads,
+        num_key_value_heads=tiny_cfg.num_heads, max_position_embeddings=tiny_cfg.max_positions,
+        tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        bos_token_id=None)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+def _resolve(name_or_path: str) -> str:
+    """A local path must exist (one clear error); anything else is treated as a hub id."""
+    p = Path(name_or_path).expanduser()
+    looks_local = name_or_path.startswith((".", "/", "~")) or p.exists() or name_or_path.count("/") > 1
+    if looks_local and not p.exists():
+        raise FileNotFoundError(f"model path not found: {p}")
+    return str(p) if looks_local else name_or_path
+
+
+def check_4bit(model_cfg) -> None:
+    """bitsandbytes loads 4-bit weights on a CPU without complaint (and runs ~13x slower): refuse it here."""
+    if model_cfg.load_in_4bit and not torch.cuda.is_available():
+        raise RuntimeError("load_in_4bit=true needs a CUDA GPU (bitsandbytes NF4); set model.load_in_4bit: false "
+                           "to run on this machine")
+
+
+def load_tokenizer(path: str, model_cfg):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(_resolve(path), trust_remote_code=model_cfg.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    prompts.ensure_chat_template(tok)
+    return tok
+
+
+def load_model(path: str, model_cfg, train: bool = False, adapter: str | None = None):
+    """Load a causal LM with the configured switches; ``adapter`` loads a saved LoRA adapter on top."""
+    from transformers import AutoModelForCausalLM
+    check_4bit(model_cfg)
+    device = pick_device(model_cfg.device)
+    kwargs: dict = {"trust_remote_code": model_cfg.trust_remote_code}
+    if model_cfg.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(_resolve(path), **kwargs)
+    if not model_cfg.load_in_4bit:
+        model.to(device)
+    if adapter is not None:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=train)
+    elif train and model_cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        if model_cfg.load_in_4bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
+        lcfg = LoraConfig(r=model_cfg.lora_r, lora_alpha=model_cfg.lora_alpha, lora_dropout=model_cfg.lora_dropout,
+                          target_modules=list(model_cfg.lora_target_modules), task_type="CAUSAL_LM")
+        model = get_peft_model(model, lcfg)
+    if train and model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    model.train(train)
+    return model
+
+
+def save_policy(model, tokenizer, out_dir: str | Path, base: str) -> Path:
+    """Save a full model, or only the LoRA adapter (with a pointer to its base), plus the tokenizer."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)  # peft models write adapter_config.json + adapter_model.safetensors
+    tokenizer.save_pretrained(out)
+    (out / "qlass_base.json").write_text(json.dumps({"base_model": base, "adapter": is_adapter_dir(out)}))
+    return out
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_policy(path: str | Path, model_cfg, train: bool = False):
+    """Bring back a policy saved by :func:`save_policy` (full model or base + adapter) and its tokenizer."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"policy checkpoint not found: {path}")
+    tok = load_tokenizer(str(path), model_cfg)
+    if is_adapter_dir(path):
+        base = json.loads((path / "qlass_base.json").read_text())["base_model"]
+        return load_model(base, model_cfg, train=train, adapter=str(path)), tok
+    return load_model(str(path), model_cfg, train=train), tok
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def prepare_base(model_cfg, out_dir: str | Path, corpus_fn, seed: int = 0) -> str:
+    """The base model to fine-tune: the embedded tiny model (built once into ``out_dir/base_model``), or
+    ``model_name_or_path`` as given."""
+    if model_cfg.model_name_or_path != EMBEDDED:
+        return model_cfg.model_name_or_path
+    path = Path(out_dir) / "base_model"
+    if not (path / "config.json").is_file() or not (path / "tokenizer.json").is_file():
+        build_tiny(path, corpus_fn(), model_cfg.tiny, seed)
+    return str(path)

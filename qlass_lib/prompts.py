@@ -1,0 +1,123 @@
+"""The one prompt format and the one action parser, shared by BC, exploration, QNet and search.
+
+A *state* is a list of chat messages: the first user message holds the instruction, an optional one-shot
+demonstration, the task and the first observation; then assistant turns ("Thought: ...\\nAction: ...") and
+user turns ("Observation: ...") alternate.  Prompts are rendered with the tokenizer's chat template; a
+tokenizer without one gets :data:`DEFAULT_CHAT_TEMPLATE`.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+INSTRUCTIONS = {
+    "scienceworld": (
+        "You act in a simulated science world made of rooms, objects and devices. Each turn, reply with one "
+        "command on a line starting with 'Action:'. Useful commands: look around, go to ROOM, open OBJ, "
+        "pick up OBJ, move OBJ to OBJ, focus on OBJ, examine OBJ, wait1. Use 'focus on' only for the object "
+        "the task asks for: a wrong focus fails the task."),
+    "scripted": "Each turn, reply with one command on a line starting with 'Action:', such as 'Action: go red'.",
+}
+
+_ACTION_RE = re.compile(r"^\s*action\s*:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
+_THOUGHT_RE = re.compile(r"^\s*thought\s*:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
+
+NO_ACTION_OBSERVATION = "Invalid output: reply with one line of the form 'Action: <command>'."
+
+
+def parse_action(text: str) -> str | None:
+    """The command on the first 'Action:' line of a model output, or None when there is none."""
+    m = _ACTION_RE.search(text or "")
+    if not m:
+        return None
+    action = m.group(1).strip().strip("`'\"").strip()
+    return action or None
+
+
+def parse_thought(text: str) -> str | None:
+    m = _THOUGHT_RE.search(text or "")
+    return m.group(1).strip() if m else None
+
+
+def agent_turn(action: str, thought: str | None = None) -> str:
+    """The text of one agent turn."""
+    return f"Thought: {thought}\nAction: {action}" if thought else f"Action: {action}"
+
+
+def observation_turn(observation: str) -> str:
+    return f"Observation: {observation.strip()}"
+
+
+def normalize_action(action: str | None) -> str:
+    """Whitespace/case normalization used to detect duplicate candidates."""
+    return " ".join((action or "").lower().split())
+
+
+def first_message(env_name: str, task_text: str, observation: str, example: Sequence[dict] | None = None,
+                  instruction: str | None = None) -> str:
+    parts = [instruction or INSTRUCTIONS.get(env_name, INSTRUCTIONS["scripted"])]
+    if example:
+        shown = "\n".join(("> " if m["role"] == "assistant" else "") + m["content"] for m in example)
+        parts.append("Here is an example of a solved task:\n" + shown + "\n(end of example)")
+    parts.append(f"Task: {task_text.strip()}")
+    parts.append(observation_turn(observation))
+    return "\n\n".join(parts)
+
+
+def initial_state(env_name: str, task_text: str, observation: str, example=None) -> list[dict]:
+    return [{"role": "user", "content": first_message(env_name, task_text, observation, example)}]
+
+
+def extend(state: list[dict], agent_text: str, observation: str) -> list[dict]:
+    """A new state: ``state`` + the agent's turn + the observation it produced."""
+    return state + [{"role": "assistant", "content": agent_text.strip()},
+                    {"role": "user", "content": observation_turn(observation)}]
+
+
+def ensure_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+
+
+def render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool) -> str:
+    ensure_chat_template(tokenizer)
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def fit(tokenizer, messages: list[dict], max_tokens: int, reserve: int = 0, add_generation_prompt: bool = True) -> list[dict]:
+    """Drop the oldest (assistant, user) turn pairs after the first message until the rendering fits.
+
+    The first message (task) and the last message (the current turn) are always kept; if they alone are
+    too long, the token-level left truncation in :func:`encode_prompt` takes over.
+    """
+    msgs = list(messages)
+    while len(msgs) > 3:
+        n = len(tokenizer(render(tokenizer, msgs, add_generation_prompt), add_special_tokens=False)["input_ids"])
+        if n + reserve <= max_tokens:
+            break
+        del msgs[1:3]
+    return msgs
+
+
+def encode_prompt(tokenizer, state: list[dict], max_tokens: int, reserve: int) -> list[int]:
+    """Token ids of the generation prompt for ``state``, at most ``max_tokens - reserve`` long (left-truncated)."""
+    msgs = fit(tokenizer, state, max_tokens, reserve)
+    ids = tokenizer(render(tokenizer, msgs, True), add_special_tokens=False)["input_ids"]
+    return ids[-(max_tokens - reserve):]
+
+
+def assistant_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """Full rendered text and the character span of every assistant turn (content + end-of-turn marker)."""
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            start = len(render(tokenizer, messages[:i], True))
+            text = render(tokenizer, messages[: i + 1], False)
+            end = len(text.rstrip())  # content + end-of-turn marker, without trailing newlines
+            spans.append((start, end))
+    return render(tokenizer, messages, False), spans

@@ -1,0 +1,71 @@
+from qlass_lib import bc, prompts
+from qlass_lib.expert import to_conversations
+
+
+def _conv(n_turns, obs_words=3):
+    s = prompts.initial_state("scienceworld", "Find the animal.", "You are in the hallway.")
+    for i in range(n_turns):
+        s = prompts.extend(s, f"Action: go to room {i}", " ".join(["kitchen"] * obs_words))
+    return s[:-1]  # ends with the agent's turn
+
+
+def test_labels_cover_exactly_the_agent_turns(tiny_tok):
+    tok, _ = tiny_tok
+    msgs = _conv(3)
+    ids, labels = bc.mask_labels(tok, msgs)
+    assert len(ids) == len(labels)
+    kept = [t for t, l in zip(ids, labels) if l != bc.IGNORE]
+    text = tok.decode(kept)
+    expected = "".join(m["content"] + tok.eos_token for m in msgs if m["role"] == "assistant")
+    assert text == expected
+    # nothing from user turns is supervised
+    assert "Observation" not in text and "Task" not in text
+
+
+def test_last_only_supervision(tiny_tok):
+    tok, _ = tiny_tok
+    msgs = _conv(3)
+    ids, labels = bc.mask_labels(tok, msgs, supervise="last")
+    assert tok.decode([t for t, l in zip(ids, labels) if l != bc.IGNORE]) == "Action: go to room 2" + tok.eos_token
+
+
+def test_short_conversation_is_one_example(tiny_tok):
+    tok, _ = tiny_tok
+    rec = {"id": "t_1", "conversations": to_conversations(_conv(2))}
+    ex = bc.build_examples(tok, [rec], max_length=4096)
+    assert len(ex) == 1
+
+
+def test_long_conversation_truncates_from_left_keeping_current_turn(tiny_tok):
+    tok, _ = tiny_tok
+    msgs = _conv(12, obs_words=30)
+    rec = {"id": "t_2", "conversations": to_conversations(msgs)}
+    full = len(bc.mask_labels(tok, msgs)[0])
+    max_len = full // 3
+    ex = bc.build_examples(tok, [rec], max_length=max_len)
+    assert len(ex) == 12  # one example per agent turn
+    for i, e in enumerate(ex):
+        assert len(e.input_ids) <= max_len
+        sup = tok.decode([t for t, l in zip(e.input_ids, e.labels) if l != bc.IGNORE])
+        assert sup == f"Action: go to room {i}" + tok.eos_token  # the current turn, complete
+        assert tok.decode(e.input_ids).endswith(sup)
+    # late turns lost their oldest history but kept the task message
+    assert "Find the animal." in tok.decode(ex[-1].input_ids)
+    assert "room 0" not in tok.decode(ex[-1].input_ids)
+
+
+def test_loss_ignores_user_tokens(tiny_tok):
+    import torch
+    from qlass_lib.config import ModelConfig
+    from qlass_lib.models import load_model
+    tok, path = tiny_tok
+    cfg = ModelConfig(bf16=False, device="cpu")
+    model = load_model(str(path), cfg)
+    ex = bc.build_examples(tok, [{"id": "a_1", "conversations": to_conversations(_conv(2))}], 4096)
+    batch = bc.collate(ex, tok.pad_token_id, torch.device("cpu"))
+    loss, n = bc.action_loss(model, batch, cfg)
+    assert n == sum(1 for l in ex[0].labels[1:] if l != bc.IGNORE)
+    # changing a user token's label target does not matter: mask a copy fully and loss has no tokens
+    batch2 = dict(batch, labels=torch.full_like(batch["labels"], bc.IGNORE))
+    _, n2 = bc.action_loss(model, batch2, cfg)
+    assert n2 == 0 and torch.isfinite(loss)

@@ -1,0 +1,60 @@
+from qlass_lib import prompts
+
+
+def test_parse_action_basic():
+    assert prompts.parse_action("Thought: go outside.\nAction: go to outside") == "go to outside"
+    assert prompts.parse_action("Action: open door to kitchen\nObservation: x") == "open door to kitchen"
+    assert prompts.parse_action("action:   look around  ") == "look around"
+    assert prompts.parse_action("Action: `focus on bee`") == "focus on bee"
+
+
+def test_parse_action_missing_or_empty():
+    assert prompts.parse_action("I think I will look around") is None
+    assert prompts.parse_action("Action:   ") is None
+    assert prompts.parse_action("") is None
+    assert prompts.parse_action(None) is None
+
+
+def test_parse_action_takes_first_action_line():
+    assert prompts.parse_action("Action: a\nAction: b") == "a"
+
+
+def test_agent_turn_round_trip():
+    t = prompts.agent_turn("go to kitchen", "I need the kitchen.")
+    assert t == "Thought: I need the kitchen.\nAction: go to kitchen"
+    assert prompts.parse_action(t) == "go to kitchen"
+    assert prompts.parse_thought(t) == "I need the kitchen."
+    assert prompts.agent_turn("look around") == "Action: look around"
+
+
+def test_state_structure_and_render(tiny_tok):
+    tok, _ = tiny_tok
+    s = prompts.initial_state("scienceworld", "Find a bee.", "You are in the hallway.")
+    assert len(s) == 1 and s[0]["role"] == "user"
+    assert "Task: Find a bee." in s[0]["content"] and "Observation: You are in the hallway." in s[0]["content"]
+    s2 = prompts.extend(s, "Action: look around", "It is a hallway.")
+    assert [m["role"] for m in s2] == ["user", "assistant", "user"]
+    text = prompts.render(tok, s2, add_generation_prompt=True)
+    assert text.endswith("<|assistant|>\n")
+    assert text.index("Task: Find a bee.") < text.index("Action: look around") < text.index("It is a hallway.")
+
+
+def test_fit_drops_oldest_turns_keeps_task_and_current(tiny_tok):
+    tok, _ = tiny_tok
+    s = prompts.initial_state("scienceworld", "Find a bee.", "start")
+    for i in range(30):
+        s = prompts.extend(s, f"Action: look around {i}", f"observation number {i} " * 5)
+    full = len(tok(prompts.render(tok, s, True))["input_ids"])
+    fitted = prompts.fit(tok, s, max_tokens=full // 3)
+    assert fitted[0] == s[0] and fitted[-1] == s[-1]
+    assert len(fitted) < len(s) and len(fitted) % 2 == 1
+    assert len(tok(prompts.render(tok, fitted, True))["input_ids"]) <= full // 3
+    ids = prompts.encode_prompt(tok, s, max_tokens=60, reserve=10)
+    assert len(ids) <= 50
+
+
+def test_one_shot_example_goes_into_first_message():
+    ex = [{"role": "user", "content": "Task: demo"}, {"role": "assistant", "content": "Action: look around"}]
+    s = prompts.initial_state("scienceworld", "Real task", "obs", example=ex)
+    c = s[0]["content"]
+    assert c.index("Action: look around") < c.index("Task: Real task")

@@ -1,0 +1,65 @@
+"""Smoke run of the notebook series through the runner with params/smoke.yaml; asserts on artifacts."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_ID = "pytest-smoke"
+RUN = ROOT / "runs" / RUN_ID
+
+
+def _runner(*args):
+    return subprocess.run([sys.executable, "-m", "qlass_lib", "run", "params/smoke.yaml", "--run-id", RUN_ID, *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke_run():
+    proc = _runner("--force")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.smoke
+def test_stage01_artifacts(smoke_run):
+    d = RUN / "01_behavior_cloning"
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["status"] == "complete" and len(m["params_hash"]) == 16 and m["seed"] == 0
+    assert m["versions"]["torch"] and m["versions"]["transformers"] and m["wall_time_s"] > 0
+    assert (RUN / "01_behavior_cloning.ipynb").is_file()
+    metrics = json.loads((d / "bc_metrics.json").read_text())
+    rows = {r["task_type"]: r for r in metrics["per_type"]}
+    assert rows["all"]["episodes"] == 4  # 2 task types x eval_per_type 2
+    assert 0 <= rows["all"]["mean_reward_x100"] <= 100
+    episodes = [json.loads(l) for l in (d / "eval_episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) == 4 and all(1 <= e["steps"] <= 8 for e in episodes)
+    assert all(e["budget"]["gen_tokens"] > 0 for e in episodes)
+    policy = d / "policy"
+    assert (policy / "model.safetensors").is_file() and (policy / "tokenizer.json").is_file()
+    assert (d / "bc_loss.png").stat().st_size > 1000
+    experts = [json.loads(l) for l in (d / "expert.jsonl").read_text().splitlines()]
+    assert len(experts) == 20 and all(e["reward"] == 1.0 for e in experts)
+
+
+@pytest.mark.smoke
+def test_rerun_skips_finished_stages(smoke_run):
+    before = {p: p.stat().st_mtime for p in RUN.glob("*/manifest.json")}
+    proc = _runner()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "up to date, skipped" in proc.stdout
+    assert {p: p.stat().st_mtime for p in RUN.glob("*/manifest.json")} == before
+
+
+def test_bad_params_stop_with_named_key(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("run_id: x\nbc:\n  max_minuts: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "qlass_lib", "run", str(p)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "bc.max_minuts" in proc.stderr
+    p.write_text("run_id: x\nmodel:\n  model_name_or_path: ./no/such/model\n")
+    proc = subprocess.run([sys.executable, "-m", "qlass_lib", "run", str(p)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "model path not found" in proc.stderr
