@@ -115,6 +115,7 @@ class QValueConfig:
     gamma: float = doc(0.9, "discount in Q(n) = r(n) + gamma * max Q(children)")
     normalize: Literal["tree", "dataset", "none"] = doc("tree", "min-max normalization scope")
     target: Literal["q", "avg_reward", "outcome"] = doc("q", "process reward used as the QNet target")
+    degenerate: Literal["keep_raw", "drop"] = doc("keep_raw", "trees whose Q values are all equal: keep raw Q (flagged) or drop from the dataset")
     val_fraction: float = doc(0.2, "share of tree tasks held out for QNet validation")
 
 

@@ -54,6 +54,23 @@ class RunContext:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def policy(self, env_name: str | None = None):
+        """The behavior-cloned policy saved by stage 01, ready to act."""
+        from .agent import Policy
+        from .models import load_policy
+        path = self.run_dir / STAGES["01"] / "policy"
+        if not path.is_dir():
+            raise FileNotFoundError(f"no BC policy at {path}: run stage 01 first")
+        model, tok = load_policy(path, self.cfg.model)
+        model.eval()
+        return Policy(model, tok, self.cfg.model, self.cfg.bc.max_length, env_name or self.cfg.env.name)
+
+    def expert_actions(self) -> dict[str, list[str]]:
+        """task id -> expert action list, from stage 01's expert file (empty when it has none)."""
+        from .artifacts import read_jsonl
+        return {r["id"]: r["actions"] for r in read_jsonl(self.run_dir / STAGES["01"] / "expert.jsonl")
+                if "actions" in r}
+
     def resolve(self, path: str | None) -> Path | None:
         """A user path from params: relative paths are taken from the project root."""
         if path is None:

@@ -64,7 +64,19 @@ def to_messages(conversations: list[dict]) -> list[dict]:
 
 def record_trajectory(env: TextEnv, task: TaskRef, actions: list[str], thoughts: str = "none",
                       example=None) -> dict:
-    """Replay ``actions`` and write the conversation, stopping when the episode ends."""
+    """Replay ``actions`` and write the conversation, stopping when the episode ends.
+
+    The turn cap is lifted to fit the whole gold path (the cap is an evaluation budget, not part of the task).
+    """
+    cap = env.max_turns
+    env.max_turns = max(cap, len(actions) + 1)
+    try:
+        return _record(env, task, actions, thoughts, example)
+    finally:
+        env.max_turns = cap
+
+
+def _record(env: TextEnv, task: TaskRef, actions: list[str], thoughts: str, example) -> dict:
     first = env.reset(task)
     state = prompts.initial_state(env.name, first.task_text, first.observation, example)
     score, used = 0.0, []

@@ -63,3 +63,22 @@ def test_bad_params_stop_with_named_key(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "qlass_lib", "run", str(p)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "model path not found" in proc.stderr
+
+
+@pytest.mark.smoke
+def test_stage02_03_artifacts(smoke_run):
+    trees = [json.loads(l) for l in (RUN / "02_tree_construction" / "trees.jsonl").read_text().splitlines()]
+    assert len(trees) == 4 and all(t["schema_version"] == 1 for t in trees)
+    for t in trees:
+        assert t["nodes"][0]["parent"] is None and t["stats"]["rollouts"] <= 4
+        assert t["stats"]["replay_mismatches"] == 0  # replay from reset is exact
+        assert any(n["source"] == "expert" for n in t["nodes"])  # expert branch attached
+    summary = json.loads((RUN / "02_tree_construction" / "tree_summary.json").read_text())
+    assert summary["trees"] == 4 and summary["env_steps"] > 0
+    q = [json.loads(l) for l in (RUN / "03_q_values" / "trees_q.jsonl").read_text().splitlines()]
+    assert all(n["q"] is not None and 0 <= n["q_norm"] <= 1 for t in q for n in t["nodes"])
+    ds = json.loads((RUN / "03_q_values" / "qnet_dataset.json").read_text())
+    assert ds["train_examples"] > 0 and ds["val_examples"] > 0
+    assert not set(ds["train_tasks"]) & set(ds["val_tasks"])
+    for name in ["tree_stats.png", "example_tree.png"]:
+        assert (RUN / "02_tree_construction" / name).stat().st_size > 1000

@@ -17,8 +17,8 @@ from notebook_cells import NOTEBOOKS  # noqa: E402
 
 PARAMS = '''# Parameters (papermill injects its own values below this cell)
 params_path = "../params/default.yaml"  # the params file of the run
-run_dir = None  # None = runs/<run_id> under the project root
-overrides = {}  # nested params overrides, e.g. {"bc": {"max_minutes": 1.0}}'''
+run_dir = ""  # empty means runs/RUN_ID under the project root
+overrides = {}  # nested params overrides, for example {"bc": {"max_minutes": 1.0}}'''
 
 
 def build(name: str, cells: list[tuple[str, str]]) -> None:

@@ -75,3 +75,124 @@ display(pd.DataFrame(ep["turns"])[["action", "observation", "score"]].head(20))'
 ]
 
 NOTEBOOKS = {"01_behavior_cloning": NB01}
+
+NB02 = [
+    ("md", """
+# 02 · Exploration trees
+
+For each training task the behavior-cloned policy explores a tree (paper Algorithm 3): the root is the task
+prompt, the expert trajectory is attached as a branch, and nodes up to depth D get W distinct children, each
+rolled out to the end. Branches whose rollout ends with zero reward are not expanded further (pre-pruning).
+Trees are appended to `trees.jsonl` as each task finishes, so an interrupted run resumes where it stopped.
+"""),
+    ("params", ""),
+    ("code", SETUP + '''
+out = ctx.stage_dir("02")'''),
+    ("code", '''
+from qlass_lib.envs import make_env, per_type
+from qlass_lib.tree import TreeBuilder, build_trees, stats_frame, Tree
+env = make_env(cfg.env)
+policy = ctx.policy(env.name)
+tasks = per_type(env.tasks("train"), cfg.tree.num_tasks_per_type)
+expert = ctx.expert_actions() if cfg.tree.attach_expert else {}
+print(f"{len(tasks)} training tasks; D={cfg.tree.depth} W={cfg.tree.width} max rollouts={cfg.tree.max_rollouts} "
+      f"T={cfg.tree.sampling.temperature}; expert branches available for {sum(t.id in expert for t in tasks)}")
+builder = TreeBuilder(env, policy, cfg.tree)
+records = build_trees(builder, tasks, out / "trees.jsonl", expert, cfg.seed)'''),
+    ("md", "## Tree statistics"),
+    ("code", '''
+stats = stats_frame(records)
+stats.to_csv(out / "tree_stats.csv", index=False)
+summary = {
+    "trees": len(stats), "mean_nodes": stats.nodes.mean(), "mean_branching": stats.mean_branching.mean(),
+    "share_pruned": stats.pruned.sum() / max(1, (stats.pruned + stats.expanded).sum()),
+    "duplicates_rejected": int(stats.duplicates_rejected.sum()),
+    "share_trees_with_nonzero_leaf": (stats.nonzero_leaves > 0).mean(),
+    "env_steps": int(stats.env_steps.sum()), "replay_mismatches": int(stats.replay_mismatches.sum()),
+    "gen_tokens": int(stats.gen_tokens.sum()), "gen_s": stats.gen_s.sum(), "env_s": stats.env_s.sum(),
+    "wall_s": stats.wall_s.sum()}
+from qlass_lib.artifacts import write_json
+write_json(out / "tree_summary.json", summary)
+display(pd.DataFrame([summary]).T.rename(columns={0: "value"}))
+display(stats.groupby("task_type")[["nodes", "max_depth", "mean_branching", "share_pruned", "duplicates_rejected",
+                                    "nonzero_leaves", "env_steps", "gen_tokens", "wall_s"]].mean().round(2))'''),
+    ("code", '''
+import matplotlib.pyplot as plt
+from qlass_lib import plots
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+stats.nodes.plot.hist(ax=axes[0], bins=15, title="nodes per tree")
+depths = pd.Series([n["depth"] for r in records for n in r["nodes"]])
+depths.value_counts().sort_index().plot.bar(ax=axes[1], title="nodes by depth")
+stats[["gen_s", "env_s"]].sum().plot.bar(ax=axes[2], title="time (s): generation vs env")
+plots.save(fig, out / "tree_stats.png");'''),
+    ("md", "## Inspect one tree\\nThe widget is interactive in JupyterLab; the static rendering below it survives in executed notebooks."),
+    ("code", '''
+from qlass_lib import qvalues
+from qlass_lib.widgets import TreeInspector, render_html, plot_tree
+from IPython.display import HTML
+tree = Tree.from_dict(max(records, key=lambda r: (r["stats"]["nonzero_leaves"] > 0, r["stats"]["nodes"])))
+qvalues.compute([tree], cfg.qvalues.gamma, "tree")  # for display; stage 03 computes the stored values
+TreeInspector(tree)'''),
+    ("code", '''
+plot_tree(tree, out / "example_tree.png")
+HTML(render_html(tree, max_depth=cfg.tree.depth + 2))'''),
+    ("code", "env.close()"),
+]
+
+NB03 = [
+    ("md", """
+# 03 · Q values
+
+Q values are propagated bottom-up on every tree (paper Eq. 4): a leaf keeps its final reward and
+Q(n) = r(n) + γ·max Q(children), then min-max normalized (within each tree by default). Alongside, the
+paper's ablation targets: `avg_reward` (mean leaf reward below a node) and `outcome` (the final reward of the
+node's trajectory). The QNet dataset — (state, candidate action, targets) — is exported, split by task.
+"""),
+    ("params", ""),
+    ("code", SETUP + '''
+out = ctx.stage_dir("03")'''),
+    ("code", '''
+from qlass_lib import qvalues
+from qlass_lib.tree import load_trees
+from qlass_lib.artifacts import write_json, append_jsonl
+trees = load_trees(ctx.run_dir / "02_tree_construction" / "trees.jsonl")
+info = qvalues.compute(trees, cfg.qvalues.gamma, cfg.qvalues.normalize)
+display(pd.DataFrame([info]))
+(out / "trees_q.jsonl").unlink(missing_ok=True)
+for t in trees:
+    append_jsonl(out / "trees_q.jsonl", t.to_dict())'''),
+    ("md", "## Normalization choices and process-reward variants"),
+    ("code", '''
+import copy
+rows = []
+for scope in ["tree", "dataset", "none"]:
+    ts = copy.deepcopy(trees)
+    r = qvalues.compute(ts, cfg.qvalues.gamma, scope)
+    vals = pd.Series([n.q_norm for t in ts for n in t.nodes if n.parent is not None])
+    rows.append({"normalize": scope, "degenerate_trees": r["degenerate_trees"], "mean": vals.mean(), "std": vals.std(),
+                 "share_zero": (vals == 0).mean(), "share_one": (vals == 1).mean()})
+display(pd.DataFrame(rows).round(3))
+nodes = pd.DataFrame([{"task": t.task.id, "depth": n.depth, "q": n.q, "q_norm": n.q_norm, "avg_reward": a[n.id],
+                       "outcome": o[n.id], "final_reward": n.rollout_reward, "source": n.source}
+                      for t in trees for a, o in [(qvalues.avg_reward(t), qvalues.outcome(t))]
+                      for n in t.nodes if n.parent is not None])
+display(nodes[["q_norm", "avg_reward", "outcome"]].corr(method="spearman").round(3))'''),
+    ("code", '''
+import matplotlib.pyplot as plt
+from qlass_lib import plots
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+nodes.groupby("depth")[["q_norm", "avg_reward", "outcome"]].mean().plot(ax=axes[0], marker="o", title="mean target by depth")
+axes[1].scatter(nodes.final_reward + 0.02 * (pd.Series(range(len(nodes))) % 5 - 2), nodes.q_norm, s=6, alpha=0.5)
+axes[1].set_xlabel("final reward of the node's trajectory"); axes[1].set_ylabel("normalized Q"); axes[1].set_title("Q vs final reward")
+nodes.q_norm.plot.hist(ax=axes[2], bins=20, title="normalized Q")
+plots.save(fig, out / "q_values.png");'''),
+    ("md", "## QNet dataset"),
+    ("code", '''
+summary = qvalues.export_dataset(trees, cfg.env.name, out, cfg.qvalues.val_fraction, cfg.seed,
+                                 degenerate=cfg.qvalues.degenerate)
+summary["degenerate_trees"] = info["degenerate_trees"]
+write_json(out / "q_summary.json", {**info, **{k: v for k, v in summary.items() if not k.endswith("_tasks")}})
+display(pd.DataFrame([{k: v for k, v in summary.items() if not k.endswith("_tasks")}]))'''),
+]
+
+NOTEBOOKS.update({"02_tree_construction": NB02, "03_q_values": NB03})
