@@ -52,18 +52,36 @@ class Policy:
         ctx = budget.timing("gen") if budget is not None else _null()
         with ctx, autocast(self.model_cfg, device):
             out = model.generate(input_ids, **kwargs)
-        gen = out[:, input_ids.shape[1]:].tolist()
-        cands = []
-        for seq in gen:
-            n_tok = len(seq)
-            if tok.eos_token_id in seq:
-                n_tok = seq.index(tok.eos_token_id) + 1
-            text = tok.decode(seq[:n_tok], skip_special_tokens=True)
-            text = text.split("\nObservation:")[0].strip()
-            cands.append(Candidate(text, prompts.parse_action(text), n_tok))
-            if budget is not None:
-                budget.add_generation(n_tok)
-        return cands
+        return [self._candidate(seq, budget) for seq in out[:, input_ids.shape[1]:].tolist()]
+
+
+    @torch.no_grad()
+    def propose_many(self, states: list[list[dict]], sampling, budget: Budget | None = None) -> list[Candidate]:
+        """One sampled candidate for each of several states, in one left-padded generate call."""
+        tok, model = self.tokenizer, self.model
+        enc = [prompts.encode_prompt(tok, s, self.max_length, reserve=sampling.max_new_tokens) for s in states]
+        n = max(len(e) for e in enc)
+        device = model_device(model)
+        ids = torch.full((len(enc), n), tok.pad_token_id, dtype=torch.long)
+        att = torch.zeros((len(enc), n), dtype=torch.long)
+        for i, e in enumerate(enc):
+            ids[i, n - len(e):], att[i, n - len(e):] = torch.tensor(e), 1
+        model.eval()
+        ctx = budget.timing("gen") if budget is not None else _null()
+        with ctx, autocast(self.model_cfg, device):
+            out = model.generate(ids.to(device), attention_mask=att.to(device), do_sample=True,
+                                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                 max_new_tokens=sampling.max_new_tokens, eos_token_id=tok.eos_token_id,
+                                 pad_token_id=tok.pad_token_id)
+        return [self._candidate(seq, budget) for seq in out[:, n:].tolist()]
+
+    def _candidate(self, seq: list[int], budget: Budget | None) -> Candidate:
+        tok = self.tokenizer
+        n_tok = seq.index(tok.eos_token_id) + 1 if tok.eos_token_id in seq else len(seq)
+        text = tok.decode(seq[:n_tok], skip_special_tokens=True).split("\nObservation:")[0].strip()
+        if budget is not None:
+            budget.add_generation(n_tok)
+        return Candidate(text, prompts.parse_action(text), n_tok)
 
 
 class _null:

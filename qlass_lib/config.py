@@ -133,6 +133,7 @@ class QNetConfig:
 
 @dataclass
 class SearchConfig:
+    tasks_per_type: int = doc(5, "evaluation tasks per type used for search (a prefix of the held-out list)")
     n_trajectories: int = doc(4, "trajectories per task N (Best-of-N and QLASS)")
     m_candidates: list[int] = doc([2, 4], "candidates per step M swept for QLASS")
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"doc": "sampling for Best-of-N and QLASS candidates"})
@@ -140,6 +141,7 @@ class SearchConfig:
     paraphrase_endpoint: Optional[str] = doc(None, "OpenAI-compatible base URL (paraphraser=openai)")
     paraphrase_model: Optional[str] = doc(None, "model name at that endpoint")
     case_study_tasks: int = doc(3, "tasks whose first-step candidates are shown with their Q")
+    ablation_trajectories: int = doc(1, "trajectories per task for the process-reward ablation (QLASS at the largest M)")
 
 
 @dataclass

@@ -69,6 +69,11 @@ def first_message(env_name: str, task_text: str, observation: str, example: Sequ
     return "\n\n".join(parts)
 
 
+def task_text_of(state: list[dict]) -> str:
+    """The task description inside a state's first message (inverse of :func:`first_message`)."""
+    return state[0]["content"].split("Task: ", 1)[1].split("\n\nObservation:", 1)[0]
+
+
 def initial_state(env_name: str, task_text: str, observation: str, example=None) -> list[dict]:
     return [{"role": "user", "content": first_message(env_name, task_text, observation, example)}]
 

@@ -196,3 +196,134 @@ display(pd.DataFrame([{k: v for k, v in summary.items() if not k.endswith("_task
 ]
 
 NOTEBOOKS.update({"02_tree_construction": NB02, "03_q_values": NB03})
+
+NB04 = [
+    ("md", """
+# 04 · QNet training
+
+The QNet is the BC policy's backbone plus an MLP value head (hidden → 1024 → 1024 → 1), trained with MSE on
+the Q targets of notebook 03 (per-token over the candidate action, the paper's objective). Evaluation on the
+held-out trees: MSE, Spearman correlation, and sibling accuracy (does the best child get the highest value?)
+next to its random baseline. QNets on the ablation targets (`avg_reward`, `outcome`) are trained too.
+"""),
+    ("params", ""),
+    ("code", SETUP + '''
+out = ctx.stage_dir("04")
+data_dir = ctx.run_dir / "03_q_values"
+policy_dir = ctx.run_dir / "01_behavior_cloning" / "policy"'''),
+    ("code", '''
+from qlass_lib.qnet_train import fit_qnet, calibration_table
+qnet, result, metrics, pred, val = fit_qnet(cfg, policy_dir, data_dir, out / "qnet_q", "q")
+display(pd.DataFrame([metrics]).round(4))'''),
+    ("code", '''
+import matplotlib.pyplot as plt
+from qlass_lib import plots
+hist = pd.DataFrame(result["history"])
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+tr = hist.dropna(subset=["train_loss"]) if "train_loss" in hist else hist
+axes[0].plot(tr["step"], tr["train_loss"].rolling(10, min_periods=1).mean(), label="train (rolling mean)")
+if "val_mse" in hist:
+    va = hist.dropna(subset=["val_mse"]); axes[0].plot(va["step"], va["val_mse"], "o-", label="validation MSE")
+axes[0].set_xlabel("step"); axes[0].set_title("QNet training"); axes[0].legend()
+tgt = [e["target"] for e in val]
+axes[1].scatter(tgt, pred, s=8, alpha=0.5); axes[1].plot([0, 1], [0, 1], "k--", lw=1)
+axes[1].set_xlabel("target Q (normalized)"); axes[1].set_ylabel("predicted"); axes[1].set_title("held-out trees")
+plots.save(fig, out / "qnet_training.png");'''),
+    ("md", "## Calibration (predictions binned by quantile)"),
+    ("code", '''
+cal = calibration_table(pred, val)
+cal.to_csv(out / "calibration.csv", index=False)
+display(cal.round(3))'''),
+    ("md", "## Process-reward ablation targets"),
+    ("code", '''
+from qlass_lib.artifacts import write_json
+rows = [metrics]
+for target in cfg.qnet.ablation_targets:
+    _, _, m, _, _ = fit_qnet(cfg, policy_dir, data_dir, out / f"qnet_{target}", target)
+    rows.append(m)
+ablation = pd.DataFrame(rows)
+ablation.to_csv(out / "qnet_metrics.csv", index=False)
+write_json(out / "qnet_metrics.json", {"schema_version": 1, "qnets": rows, "train_seconds": result["train_seconds"]})
+display(ablation.round(4))'''),
+]
+
+NB05 = [
+    ("md", """
+# 05 · Q-guided search vs Best-of-N
+
+On held-out tasks: greedy decoding, Best-of-N (N sampled trajectories), QLASS (M candidates per step scored
+by the QNet, argmax executed) and the perturbation-augmented variants, all counted by one budget counter.
+Two numbers per method: the **first trajectory** (no selection — what a deployed agent gets) and the
+**best of N by environment outcome** (the paper's protocol — an *oracle* selection). Search never reads the
+reward of an action it did not execute.
+"""),
+    ("params", ""),
+    ("code", SETUP + '''
+out = ctx.stage_dir("05")'''),
+    ("code", '''
+from qlass_lib.envs import make_env, eval_tasks, per_type
+from qlass_lib.qnet import load_qnet
+from qlass_lib.paraphrase import make_paraphraser
+from qlass_lib import search
+env = make_env(cfg.env)
+policy = ctx.policy(env.name)
+qnet = load_qnet(ctx.run_dir / "04_qnet_training" / "qnet_q", cfg.model)
+tasks = per_type(eval_tasks(env, cfg.env), cfg.search.tasks_per_type)
+paraphraser = make_paraphraser(cfg.search)
+print(f"{len(tasks)} held-out tasks ({cfg.env.eval_split}); N={cfg.search.n_trajectories} M={cfg.search.m_candidates}")
+print("paraphrase example:", paraphraser("Your task is to find a(n) animal. First, focus on the thing. Then, move it to the red box in the kitchen.", 1))
+episodes = search.run_suite(env, tasks, policy, qnet, cfg.search, out / "search_episodes.jsonl", paraphraser)'''),
+    ("md", "## Results"),
+    ("code", '''
+table = search.results_table(episodes)
+table.to_csv(out / "results.csv", index=False)
+display(table.round(2))'''),
+    ("md", "## Reward against completion tokens (paper Fig. 3; best-of-k by outcome, k = 1..N)"),
+    ("code", '''
+import matplotlib.pyplot as plt
+from qlass_lib import plots
+from qlass_lib.artifacts import write_json
+methods = [m for m in table.method if m != "greedy"]
+curves = pd.concat([search.budget_curve(episodes, m) for m in methods])
+curves.to_csv(out / "budget_curves.csv", index=False)
+fig, ax = plt.subplots(figsize=(7, 4.5))
+for m, g in curves.groupby("method", sort=False):
+    ax.plot(g.tokens, g.reward_x100, "o-" if m.startswith("QLASS") else "s--", label=m)
+g = table.set_index("method").loc["greedy"]
+ax.scatter([g.gen_tokens_per_task], [g.reward_x100_first], marker="*", s=150, c="k", label="greedy", zorder=3)
+ax.set_xlabel("completion tokens per task"); ax.set_ylabel("mean reward x100 (best of k, oracle)")
+ax.legend(); ax.set_title("budget curves on held-out tasks")
+plots.save(fig, out / "budget_curves.png")
+ratios = {m: search.budget_ratio(search.budget_curve(episodes, "BoN"), search.budget_curve(episodes, m))
+          for m in methods if m.startswith("QLASS")}
+ratios.update({f"{m} vs BoN-aug": search.budget_ratio(search.budget_curve(episodes, "BoN-aug"), search.budget_curve(episodes, m))
+               for m in methods if m.startswith("QLASS-aug")})
+write_json(out / "budget_ratio.json", ratios)
+display(pd.DataFrame(ratios).T)'''),
+    ("md", "## Case study: first-step candidates and their Q (paper Fig. 4)"),
+    ("code", '''
+m_max = max(cfg.search.m_candidates)
+cs = search.case_study(episodes, f"QLASS-M{m_max}", cfg.search.case_study_tasks)
+cs.to_csv(out / "case_study.csv", index=False)
+display(cs)'''),
+    ("md", "## Process-reward ablation (paper §5.5): QNets trained on different targets guide the same search"),
+    ("code", '''
+rows = []
+for target in ["q"] + list(cfg.qnet.ablation_targets):
+    qn = qnet if target == "q" else load_qnet(ctx.run_dir / "04_qnet_training" / f"qnet_{target}", cfg.model)
+    eps = search.run_method(env, tasks, f"ablation-{target}", lambda b, i, qn=qn: search.qlass_chooser(policy, qn, m_max, cfg.search.sampling, b),
+                            cfg.search.ablation_trajectories, out / "ablation_episodes.jsonl", m=m_max, target=target)
+    r = search.results_table(eps).iloc[0].to_dict()
+    rows.append({"target": target, **{k: r[k] for k in ["tasks", "N", "reward_x100_first", "success_pct_first",
+                                                        "reward_x100_oracle_bestofN", "gen_tokens_per_task"]}})
+ablation = pd.DataFrame(rows)
+ablation.to_csv(out / "ablation.csv", index=False)
+display(ablation.round(2))'''),
+    ("code", '''
+write_json(out / "search_summary.json", {"schema_version": 1, "tasks": [t.id for t in tasks],
+                                         "results": table.to_dict("records"), "budget_ratio": ratios,
+                                         "ablation": ablation.to_dict("records")})
+env.close()'''),
+]
+
+NOTEBOOKS.update({"04_qnet_training": NB04, "05_guided_search": NB05})

@@ -1,0 +1,179 @@
+"""QNet (paper Appendix A.2): the BC policy's backbone plus an MLP value head hidden -> 1024 -> 1024 -> 1.
+
+- A (state, candidate) pair is the rendered state with the candidate as the next agent turn; the value is
+  read at the candidate's last token, found from the attention mask (left or right padding give the same
+  values; position ids come from the mask too).
+- Loss: MSE over every token of the candidate against its target (the paper's objective) or last-token MSE.
+- Saved as the backbone (full model or LoRA adapter, via save_pretrained) + ``value_head.safetensors``.
+- :meth:`QNet.score` scores all candidates of a state in one forward pass over their tokens after the
+  longest common token prefix, which is encoded once and its KV cache shared.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import prompts
+from .bc import IGNORE, mask_labels
+from .models import autocast, is_adapter_dir, load_policy, model_device, save_policy
+
+
+def encode_pair(tokenizer, state: list[dict], action_text: str, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids of state + candidate turn, and a 0/1 mask of the candidate's tokens (left-truncated to fit)."""
+    msgs = prompts.fit(tokenizer, state + [{"role": "assistant", "content": action_text.strip()}], max_length,
+                       add_generation_prompt=False)
+    ids, labels = mask_labels(tokenizer, msgs, supervise="last")
+    ids, labels = ids[-max_length:], labels[-max_length:]
+    return ids, [int(x != IGNORE) for x in labels]
+
+
+def positions(attention_mask: torch.Tensor, offset: torch.Tensor | int = 0) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + offset
+
+
+def last_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token in each row, for left or right padding alike."""
+    T = attention_mask.shape[1]
+    return T - 1 - attention_mask.long().flip(-1).argmax(-1)
+
+
+class QNet(nn.Module):
+    def __init__(self, lm, tokenizer, model_cfg, max_length: int = 1024):
+        super().__init__()
+        self.lm, self.tokenizer, self.model_cfg, self.max_length = lm, tokenizer, model_cfg, max_length
+        hidden = lm.config.get_text_config().hidden_size if hasattr(lm.config, "get_text_config") else lm.config.hidden_size
+        self.head = nn.Sequential(nn.Linear(hidden, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                                  nn.Linear(1024, 1)).to(model_device(lm))
+
+    @property
+    def decoder(self):
+        return self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm
+
+    def hidden(self, input_ids, attention_mask, position_ids=None, past_key_values=None):
+        if position_ids is None:
+            position_ids = positions(attention_mask)
+        with autocast(self.model_cfg, input_ids.device):
+            out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               past_key_values=past_key_values, use_cache=past_key_values is not None)
+        return out.last_hidden_state, getattr(out, "past_key_values", None)
+
+    def forward(self, input_ids, attention_mask) -> torch.Tensor:
+        """Per-token values [B, T]."""
+        h, _ = self.hidden(input_ids, attention_mask)
+        return self.head(h.float()).squeeze(-1)
+
+    def values(self, input_ids, attention_mask) -> torch.Tensor:
+        """The value at each row's last real token [B]."""
+        v = self.forward(input_ids, attention_mask)
+        return v.gather(1, last_index(attention_mask)[:, None]).squeeze(1)
+
+    def loss(self, batch: dict, kind: str = "per_token") -> torch.Tensor:
+        v = self.forward(batch["input_ids"], batch["attention_mask"])
+        target = batch["target"][:, None].expand_as(v)
+        if kind == "last_token":
+            idx = last_index(batch["attention_mask"])[:, None]
+            return ((v.gather(1, idx) - target.gather(1, idx)) ** 2).mean()
+        m = batch["action_mask"].float()
+        return (((v - target) ** 2) * m).sum() / m.sum().clamp(min=1)
+
+    # -- scoring -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, state: list[dict], action_texts: list[str], budget=None, share_prefix: bool = True) -> list[float]:
+        """Values of every candidate turn for one state, in one forward pass after a shared prefix."""
+        self.eval()
+        enc = [encode_pair(self.tokenizer, state, a, self.max_length)[0] for a in action_texts]
+        device = model_device(self.lm)
+        ctx = budget.timing("qnet") if budget is not None else _Null()
+        with ctx:
+            P = _common_prefix(enc) if share_prefix and len(enc) > 1 else 0
+            P = min(P, min(len(e) for e in enc) - 1)
+            if P < 8:
+                vals, n_tok = self._score_padded(enc, device), sum(len(e) for e in enc)
+            else:
+                vals, n_tok = self._score_shared(enc, P, device), P + sum(len(e) - P for e in enc)
+        if budget is not None:
+            budget.add_qnet(n_tok)
+        return vals
+
+    def _score_padded(self, enc, device) -> list[float]:
+        ids, att = pad(enc, self.tokenizer.pad_token_id, side="left")
+        return self.values(ids.to(device), att.to(device)).tolist()
+
+    def _score_shared(self, enc, P: int, device) -> list[float]:
+        prefix = torch.tensor([enc[0][:P]], device=device)
+        _, cache = self.hidden(prefix, torch.ones_like(prefix))
+        if cache is None:
+            return self._score_padded(enc, device)
+        n = len(enc)
+        cache.batch_repeat_interleave(n)
+        suffix, s_att = pad([e[P:] for e in enc], self.tokenizer.pad_token_id, side="right")
+        suffix, s_att = suffix.to(device), s_att.to(device)
+        att = torch.cat([torch.ones((n, P), dtype=s_att.dtype, device=device), s_att], dim=1)
+        pos = positions(s_att, offset=P)
+        h, _ = self.hidden(suffix, att, position_ids=pos, past_key_values=cache)
+        v = self.head(h.float()).squeeze(-1)
+        return v.gather(1, last_index(s_att)[:, None]).squeeze(1).tolist()
+
+    # -- persistence -------------------------------------------------------------------------------------
+    def save(self, out_dir: str | Path, base: str, meta: dict | None = None) -> Path:
+        out = save_policy(self.lm, self.tokenizer, out_dir, base)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                  str(out / "value_head.safetensors"))
+        (out / "qnet.json").write_text(json.dumps({"schema_version": 1, "max_length": self.max_length,
+                                                   "head": "hidden-1024-1024-1", **(meta or {})}))
+        return out
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        t = seqs[0][i]
+        if any(s[i] != t for s in seqs[1:]):
+            return i
+    return n
+
+
+def pad(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "right":
+            ids[i, :len(s)], att[i, :len(s)] = torch.tensor(s), 1
+        else:
+            ids[i, n - len(s):], att[i, n - len(s):] = torch.tensor(s), 1
+    return ids, att
+
+
+def from_policy(policy_dir: str | Path, model_cfg, max_length: int, train: bool = True) -> QNet:
+    """A fresh QNet whose backbone starts from the BC policy (the paper's initialization)."""
+    lm, tok = load_policy(policy_dir, model_cfg, train=train)
+    return QNet(lm, tok, model_cfg, max_length)
+
+
+def load_qnet(path: str | Path, model_cfg) -> QNet:
+    """Bring back a QNet saved by :meth:`QNet.save` (backbone or adapter + value head)."""
+    path = Path(path)
+    if not (path / "value_head.safetensors").is_file():
+        raise FileNotFoundError(f"no QNet at {path} (value_head.safetensors missing)")
+    meta = json.loads((path / "qnet.json").read_text())
+    lm, tok = load_policy(path, model_cfg, train=False)
+    q = QNet(lm, tok, model_cfg, meta["max_length"])
+    q.head.load_state_dict({k: v.to(model_device(lm)) for k, v in load_file(str(path / "value_head.safetensors")).items()})
+    q.eval()
+    return q
+
+
+__all__ = ["QNet", "encode_pair", "from_policy", "load_qnet", "pad", "is_adapter_dir"]

@@ -1,0 +1,158 @@
+"""Training and evaluation of the QNet on the exported (state, candidate, target) dataset."""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .artifacts import read_jsonl
+from .models import model_device
+from .qnet import QNet, encode_pair, pad
+
+
+def load_examples(qnet: QNet, path: str | Path, target: str = "q") -> list[dict]:
+    """Encode dataset records; ``target`` picks q (normalized), avg_reward or outcome."""
+    out = []
+    for r in read_jsonl(path):
+        ids, amask = encode_pair(qnet.tokenizer, r["state"], r["action_text"], qnet.max_length)
+        out.append({"ids": ids, "action_mask": amask, "target": float(r["targets"][target]), "task": r["task"],
+                    "parent": r["parent"], "node": r["node"], "depth": r["depth"]})
+    return out
+
+
+def _batch(exs: list[dict], pad_id: int, device) -> dict:
+    ids, att = pad([e["ids"] for e in exs], pad_id, "right")
+    am, _ = pad([e["action_mask"] for e in exs], 0, "right")
+    return {"input_ids": ids.to(device), "attention_mask": att.to(device), "action_mask": am.to(device),
+            "target": torch.tensor([e["target"] for e in exs], device=device)}
+
+
+@torch.no_grad()
+def predict(qnet: QNet, exs: list[dict], batch_size: int = 16) -> np.ndarray:
+    qnet.eval()
+    device = model_device(qnet.lm)
+    out = []
+    order = sorted(range(len(exs)), key=lambda i: len(exs[i]["ids"]))
+    for i in range(0, len(order), batch_size):
+        b = _batch([exs[j] for j in order[i:i + batch_size]], qnet.tokenizer.pad_token_id, device)
+        out += qnet.values(b["input_ids"], b["attention_mask"]).tolist()
+    pred = np.empty(len(exs))
+    pred[order] = out
+    return pred
+
+
+def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 0) -> dict:
+    """AdamW on head (lr) and backbone (lr * backbone_lr_scale); per-token or last-token MSE."""
+    device = model_device(qnet.lm)
+    backbone = [p for p in qnet.lm.parameters() if p.requires_grad]
+    groups = [{"params": list(qnet.head.parameters()), "lr": cfg.learning_rate}]
+    if cfg.backbone_lr_scale > 0:
+        groups.append({"params": backbone, "lr": cfg.learning_rate * cfg.backbone_lr_scale})
+    else:
+        for p in backbone:
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    rng = random.Random(seed)
+    history, t0, step = [], time.perf_counter(), 0
+    stopped = "epochs"
+    for epoch in range(cfg.epochs):
+        qnet.train()
+        idx = list(range(len(train)))
+        rng.shuffle(idx)
+        # bucket by length inside chunks to limit padding
+        chunks = [sorted(idx[i:i + cfg.batch_size * 8], key=lambda j: len(train[j]["ids"]))
+                  for i in range(0, len(idx), cfg.batch_size * 8)]
+        batches = [c[i:i + cfg.batch_size] for c in chunks for i in range(0, len(c), cfg.batch_size)]
+        rng.shuffle(batches)
+        for b in tqdm(batches, desc=f"qnet epoch {epoch + 1}", leave=False):
+            loss = qnet.loss(_batch([train[j] for j in b], qnet.tokenizer.pad_token_id, device), cfg.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+            opt.step()
+            step += 1
+            history.append({"step": step, "epoch": epoch, "train_loss": loss.item(),
+                            "elapsed_s": time.perf_counter() - t0})
+            if time.perf_counter() - t0 > cfg.max_minutes * 60:
+                stopped = "time"
+                break
+        if val:
+            pv = predict(qnet, val, cfg.batch_size)
+            history.append({"step": step, "epoch": epoch, "val_mse": float(np.mean((pv - [e["target"] for e in val]) ** 2)),
+                            "elapsed_s": time.perf_counter() - t0})
+        if stopped == "time":
+            break
+    qnet.eval()
+    return {"history": history, "steps": step, "stopped": stopped, "train_seconds": time.perf_counter() - t0,
+            "train_examples": len(train), "val_examples": len(val)}
+
+
+def sibling_groups(exs: list[dict]) -> dict[tuple, list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for i, e in enumerate(exs):
+        groups.setdefault((e["task"], e["parent"]), []).append(i)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def evaluate_qnet(pred: np.ndarray, exs: list[dict]) -> dict:
+    """MSE, Spearman correlation, and sibling accuracy next to its random baseline.
+
+    Sibling accuracy: among parents with >= 2 children whose targets differ, the share where the child with
+    the highest prediction is one of the best-target children; the random baseline picks a child uniformly.
+    """
+    from scipy.stats import spearmanr
+    tgt = np.array([e["target"] for e in exs])
+    out = {"examples": len(exs), "mse": float(np.mean((pred - tgt) ** 2)) if len(exs) else float("nan")}
+    out["spearman"] = float(spearmanr(pred, tgt).statistic) if len(exs) > 2 and np.std(tgt) > 0 else float("nan")
+    hits, base, n = 0.0, 0.0, 0
+    for ids in sibling_groups(exs).values():
+        t = tgt[ids]
+        if t.max() - t.min() < 1e-9:
+            continue
+        best = set(np.flatnonzero(np.abs(t - t.max()) < 1e-9))
+        hits += float(int(np.argmax(pred[ids])) in best)
+        base += len(best) / len(ids)
+        n += 1
+    out.update(sibling_groups=n, sibling_accuracy=hits / n if n else float("nan"),
+               sibling_random_baseline=base / n if n else float("nan"))
+    return out
+
+
+def calibration_table(pred: np.ndarray, exs: list[dict], bins: int = 5) -> pd.DataFrame:
+    """Predictions binned by quantile: mean prediction vs mean target per bin."""
+    df = pd.DataFrame({"pred": pred, "target": [e["target"] for e in exs]})
+    if df.empty:
+        return df
+    df["bin"] = pd.qcut(df["pred"].rank(method="first"), q=min(bins, len(df)), labels=False)
+    return df.groupby("bin").agg(n=("pred", "size"), pred_min=("pred", "min"), pred_max=("pred", "max"),
+                                 mean_pred=("pred", "mean"), mean_target=("target", "mean")).reset_index()
+
+
+def fit_qnet(cfg, policy_dir: str | Path, data_dir: str | Path, out_dir: str | Path, target: str = "q"):
+    """Train a QNet on ``target`` (or reload it when already saved); returns (qnet, result, metrics, pred, val)."""
+    from .artifacts import read_json, write_json
+    from .qnet import from_policy, load_qnet
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    done = out_dir / "result.json"
+    if done.is_file() and (out_dir / "value_head.safetensors").is_file():
+        qnet = load_qnet(out_dir, cfg.model)
+        result = read_json(done)
+    else:
+        torch.manual_seed(cfg.seed)
+        qnet = from_policy(policy_dir, cfg.model, cfg.qnet.max_length, train=True)
+        train = load_examples(qnet, data_dir / "qnet_train.jsonl", target)
+        val = load_examples(qnet, data_dir / "qnet_val.jsonl", target)
+        result = train_qnet(qnet, train, val, cfg.qnet, cfg.seed)
+        result["target"] = target
+        qnet.save(out_dir, str(policy_dir), {"target": target, "loss": cfg.qnet.loss})
+        write_json(done, result)
+    val = load_examples(qnet, data_dir / "qnet_val.jsonl", target)
+    pred = predict(qnet, val, cfg.qnet.batch_size)
+    metrics = {"target": target, **evaluate_qnet(pred, val)}
+    write_json(out_dir / "metrics.json", metrics)
+    return qnet, result, metrics, pred, val

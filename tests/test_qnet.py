@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from qlass_lib import prompts
+from qlass_lib.budget import Budget
+from qlass_lib.config import ModelConfig, QNetConfig
+from qlass_lib.qnet import QNet, encode_pair, last_index, load_qnet, pad
+from qlass_lib.qnet_train import evaluate_qnet, train_qnet
+
+
+@pytest.fixture()
+def qnet(tiny_tok):
+    from qlass_lib.models import load_model
+    tok, path = tiny_tok
+    torch.manual_seed(0)
+    cfg = ModelConfig(device="cpu", bf16=False)
+    q = QNet(load_model(str(path), cfg), tok, cfg, max_length=512)
+    q.eval()
+    return q
+
+
+def _state():
+    s = prompts.initial_state("scienceworld", "Find the animal.", "You are in the kitchen.")
+    return prompts.extend(s, "Action: look around", "This room is called the kitchen.")
+
+
+CANDS = ["Action: go to outside", "Action: look around", "Thought: I should open it.\nAction: open door to outside",
+         "no action here"]
+
+
+def test_last_index_left_and_right():
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    assert last_index(right).tolist() == [2, 3] and last_index(left).tolist() == [3, 3]
+
+
+def test_values_equal_on_left_and_right_padding(qnet):
+    enc = [encode_pair(qnet.tokenizer, _state(), c, 512)[0] for c in CANDS]
+    r_ids, r_att = pad(enc, qnet.tokenizer.pad_token_id, "right")
+    l_ids, l_att = pad(enc, qnet.tokenizer.pad_token_id, "left")
+    with torch.no_grad():
+        vr, vl = qnet.values(r_ids, r_att), qnet.values(l_ids, l_att)
+        solo = torch.stack([qnet.values(torch.tensor([e]), torch.ones(1, len(e), dtype=torch.long))[0] for e in enc])
+    torch.testing.assert_close(vr, vl, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(vr, solo, atol=1e-5, rtol=1e-4)
+
+
+def test_batched_shared_prefix_scoring_equals_one_by_one(qnet):
+    b = Budget()
+    batched = qnet.score(_state(), CANDS, b)
+    one = [qnet.score(_state(), [c], share_prefix=False)[0] for c in CANDS]
+    assert batched == pytest.approx(one, abs=1e-4)
+    padded = qnet.score(_state(), CANDS, share_prefix=False)
+    assert padded == pytest.approx(one, abs=1e-4)
+    # the shared prefix is counted once
+    enc = [encode_pair(qnet.tokenizer, _state(), c, 512)[0] for c in CANDS]
+    assert b.qnet_calls == 1 and b.qnet_tokens < sum(len(e) for e in enc)
+
+
+def test_action_mask_covers_the_candidate_only(qnet):
+    ids, mask = encode_pair(qnet.tokenizer, _state(), "Action: go to outside", 512)
+    text = qnet.tokenizer.decode([t for t, m in zip(ids, mask) if m])
+    assert text == "Action: go to outside" + qnet.tokenizer.eos_token
+    assert mask[-1] == 1  # the sequence ends with the candidate
+
+
+def test_losses_and_batch_training_reduce_error(qnet):
+    state = _state()
+    exs = []
+    for i, c in enumerate(CANDS * 3):
+        ids, am = encode_pair(qnet.tokenizer, state, c, 512)
+        exs.append({"ids": ids, "action_mask": am, "target": [0.9, 0.1, 0.6, 0.0][i % 4], "task": "t", "parent": 0,
+                    "node": i, "depth": 1})
+    from qlass_lib.qnet_train import _batch, predict
+    b = _batch(exs[:4], qnet.tokenizer.pad_token_id, torch.device("cpu"))
+    assert qnet.loss(b, "per_token").item() > 0 and qnet.loss(b, "last_token").item() > 0
+    before = evaluate_qnet(predict(qnet, exs[:4]), exs[:4])["mse"]
+    train_qnet(qnet, exs, [], QNetConfig(epochs=40, batch_size=4, learning_rate=3e-3, backbone_lr_scale=1.0,
+                                        max_minutes=2.0))
+    after = evaluate_qnet(predict(qnet, exs[:4]), exs[:4])
+    assert after["mse"] < before / 4
+    assert after["sibling_accuracy"] == 1.0 and after["sibling_random_baseline"] == 0.25
+
+
+def test_save_load_round_trip(qnet, tiny_tok, tmp_path):
+    with torch.no_grad():
+        for p in qnet.head.parameters():
+            p.add_(0.01)
+    want = qnet.score(_state(), CANDS)
+    out = qnet.save(tmp_path / "q", str(tiny_tok[1]), {"target": "q"})
+    assert (out / "value_head.safetensors").is_file() and (out / "model.safetensors").is_file()
+    back = load_qnet(out, qnet.model_cfg)
+    assert back.score(_state(), CANDS) == pytest.approx(want, abs=1e-5)
+
+
+def test_evaluate_qnet_by_hand():
+    import numpy as np
+    exs = [{"task": "a", "parent": 0, "target": t} for t in (1.0, 0.0, 0.5)] + \
+          [{"task": "b", "parent": 0, "target": t} for t in (0.2, 0.8)]
+    pred = np.array([0.9, 0.1, 0.3, 0.7, 0.1])
+    m = evaluate_qnet(pred, exs)
+    assert m["sibling_groups"] == 2 and m["sibling_accuracy"] == 0.5
+    assert m["sibling_random_baseline"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert m["mse"] == pytest.approx(np.mean((pred - [1, 0, 0.5, 0.2, 0.8]) ** 2))
