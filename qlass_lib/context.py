@@ -71,6 +71,12 @@ class RunContext:
         return {r["id"]: r["actions"] for r in read_jsonl(self.run_dir / STAGES["01"] / "expert.jsonl")
                 if "actions" in r}
 
+    def example(self):
+        """The one-shot demonstration chosen by stage 01 (None unless expert.one_shot)."""
+        import json
+        p = self.run_dir / STAGES["01"] / "prompt_example.json"
+        return json.loads(p.read_text()) if p.is_file() else None
+
     def resolve(self, path: str | None) -> Path | None:
         """A user path from params: relative paths are taken from the project root."""
         if path is None:

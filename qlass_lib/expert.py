@@ -90,6 +90,7 @@ def _record(env: TextEnv, task: TaskRef, actions: list[str], thoughts: str, exam
             break
     return {"schema_version": SCHEMA_VERSION, "id": task.id, "task_type": task.task_type,
             "variation": task.variation, "reward": score, "actions": used, "task_text": first.task_text,
+            "first_observation": first.observation,
             "conversations": to_conversations(state[:-1] if state[-1]["role"] == "user" and used else state)}
 
 
@@ -172,9 +173,26 @@ def prepare(cfg, env, out_dir: str | Path, resolve=lambda p: Path(p)) -> tuple[l
 
 
 def one_shot_example(records: list[dict]) -> list[dict] | None:
-    """The turns of the shortest expert record after its first message, used as a one-shot demonstration."""
-    if not records:
+    """A one-shot demonstration: the median-length expert record (task line, then its turns)."""
+    recs = sorted((r for r in records if r.get("task_text")), key=lambda r: (len(r["conversations"]), r["id"]))
+    if not recs:
         return None
-    rec = min(records, key=lambda r: len(r["conversations"]))
+    rec = recs[len(recs) // 2]
     msgs = to_messages(rec["conversations"])
-    return [{"role": "user", "content": f"Task: {rec.get('task_text', '')}"}] + msgs[1:]
+    return [{"role": "user", "content": f"Task: {rec['task_text']}"}] + msgs[1:]
+
+
+def with_example(records: list[dict], env_name: str, example: list[dict] | None) -> list[dict]:
+    """Records whose first message carries ``example`` (the same first message the agent sees later)."""
+    if example is None:
+        return records
+    out = []
+    for r in records:
+        if "first_observation" not in r:
+            out.append(r)
+            continue
+        conv = list(r["conversations"])
+        first = prompts.first_message(env_name, r["task_text"], r["first_observation"], example)
+        conv[0] = {"from": "human", "value": first}
+        out.append({**r, "conversations": conv})
+    return out

@@ -50,7 +50,8 @@ def qlass_chooser(policy: Policy, qnet, m: int, sampling, budget: Budget, paraph
 
 
 def run_method(env: TextEnv, tasks: list[TaskRef], method: str, make_chooser, n_traj: int, out_path: str | Path,
-               paraphraser: Paraphraser | None = None, per_trajectory_task_text: bool = False, **tag) -> list[dict]:
+               paraphraser: Paraphraser | None = None, per_trajectory_task_text: bool = False, example=None,
+               **tag) -> list[dict]:
     """Run ``n_traj`` trajectories per task; each finished episode is appended to ``out_path`` (resumable).
 
     ``make_chooser(budget, task_text, i)`` builds the chooser of trajectory i.
@@ -65,7 +66,7 @@ def run_method(env: TextEnv, tasks: list[TaskRef], method: str, make_chooser, n_
         if per_trajectory_task_text and paraphraser is not None and i > 0:
             text_fn = lambda text, i=i: paraphraser(text, i)  # noqa: E731
         chooser = make_chooser(budget, i)
-        ep = run_episode(env, task, chooser, budget, task_text_fn=text_fn)
+        ep = run_episode(env, task, chooser, budget, example=example, task_text_fn=text_fn)
         append_jsonl(out_path, {"method": method, "traj": i, **tag, **ep.to_dict(), "task_type": task.task_type,
                                 "variation": task.variation, "budget": budget.snapshot()})
     wanted = {t.id for t in tasks}
@@ -139,23 +140,25 @@ def budget_ratio(bon: pd.DataFrame, qlass: pd.DataFrame) -> dict:
 
 
 def run_suite(env: TextEnv, tasks: list[TaskRef], policy: Policy, qnet, search_cfg, out_path: str | Path,
-              paraphraser: Paraphraser) -> list[dict]:
+              paraphraser: Paraphraser, example=None) -> list[dict]:
     """Greedy, Best-of-N, Best-of-N-aug, QLASS for every M, and QLASS-aug at the largest M, on ``tasks``."""
     s, N = search_cfg.sampling, search_cfg.n_trajectories
     m_max = max(search_cfg.m_candidates)
-    eps = run_method(env, tasks, "greedy", lambda b, i: greedy_chooser(policy, b), 1, out_path)
-    eps += run_method(env, tasks, "BoN", lambda b, i: sampling_chooser(policy, s, b), N, out_path)
+    ex = {"example": example}
+    eps = run_method(env, tasks, "greedy", lambda b, i: greedy_chooser(policy, b), 1, out_path, **ex)
+    eps += run_method(env, tasks, "BoN", lambda b, i: sampling_chooser(policy, s, b), N, out_path, **ex)
     eps += run_method(env, tasks, "BoN-aug", lambda b, i: sampling_chooser(policy, s, b), N, out_path,
-                      paraphraser, per_trajectory_task_text=True)
+                      paraphraser, per_trajectory_task_text=True, **ex)
     for m in search_cfg.m_candidates:
         eps += run_method(env, tasks, f"QLASS-M{m}", lambda b, i, m=m: qlass_chooser(policy, qnet, m, s, b), N,
-                          out_path, m=m)
-    eps += run_method(env, tasks, f"QLASS-aug-M{m_max}", lambda b, i: _aug_chooser(env, policy, qnet, m_max, s, b,
-                                                                                     paraphraser), N, out_path, m=m_max)
+                          out_path, m=m, **ex)
+    eps += run_method(env, tasks, f"QLASS-aug-M{m_max}", lambda b, i: _aug_chooser(policy, qnet, m_max, s, b,
+                                                                                     paraphraser), N, out_path,
+                      m=m_max, **ex)
     return eps
 
 
-def _aug_chooser(env, policy, qnet, m, sampling, budget, paraphraser):
+def _aug_chooser(policy, qnet, m, sampling, budget, paraphraser):
     """QLASS-aug: candidate j of each step comes from paraphrase j of the task text (j = 0 is the original)."""
     cache: dict[str, list[str]] = {}
 

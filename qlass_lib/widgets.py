@@ -159,7 +159,7 @@ def plot_tree(tree: Tree, path=None, ax=None):
     place(0)
     best = best_path(tree)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(min(14, 2 + 0.25 * counter[0]), 4))
+        fig, ax = plt.subplots(figsize=(min(14, max(7, 2 + 0.25 * counter[0])), 4))
     for n in tree.nodes:
         if n.parent is not None:
             on = n.id in best and n.parent in best

@@ -50,3 +50,15 @@ def test_eto_loader(tmp_path):
     assert len(recs) == 1 and recs[0]["variation"] == 412 and recs[0]["task_type"] == "9"
     msgs = expert.to_messages(recs[0]["conversations"])
     assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
+
+
+def test_one_shot_example_matches_the_agent_prompt():
+    recs = [{"id": f"t_{i}", "task_text": f"Task number {i}.", "first_observation": f"room {i}",
+             "conversations": [{"from": "human", "value": "old"}] +
+                              [{"from": "gpt", "value": "Action: look around"}] * (i + 1)} for i in range(3)]
+    ex = expert.one_shot_example(recs)
+    assert ex[0]["content"] == "Task: Task number 1." and len(ex) == 3  # the median record
+    out = expert.with_example(recs, "scienceworld", ex)
+    want = prompts.initial_state("scienceworld", "Task number 2.", "room 2", ex)[0]["content"]
+    assert out[2]["conversations"][0]["value"] == want
+    assert expert.with_example(recs, "scienceworld", None) is recs

@@ -82,3 +82,29 @@ def test_stage02_03_artifacts(smoke_run):
     assert not set(ds["train_tasks"]) & set(ds["val_tasks"])
     for name in ["tree_stats.png", "example_tree.png"]:
         assert (RUN / "02_tree_construction" / name).stat().st_size > 1000
+
+
+@pytest.mark.smoke
+def test_stage04_05_artifacts(smoke_run):
+    d4, d5 = RUN / "04_qnet_training", RUN / "05_guided_search"
+    for target in ["q", "avg_reward", "outcome"]:
+        q = d4 / f"qnet_{target}"
+        assert (q / "value_head.safetensors").is_file() and (q / "model.safetensors").is_file()
+        m = json.loads((q / "metrics.json").read_text())
+        assert m["target"] == target and m["examples"] > 0 and m["mse"] >= 0
+    import csv
+    rows = {r["method"]: r for r in csv.DictReader((d5 / "results.csv").open())}
+    assert set(rows) == {"greedy", "BoN", "BoN-aug", "QLASS-M2", "QLASS-aug-M2"}
+    for name, r in rows.items():
+        assert int(r["tasks"]) == 4 and float(r["gen_tokens_per_task"]) > 0
+        assert float(r["reward_x100_oracle_bestofN"]) >= float(r["reward_x100_first"]) - 1e-9
+    assert float(rows["QLASS-M2"]["qnet_tokens_per_task"]) > 0 and float(rows["BoN"]["qnet_tokens_per_task"]) == 0
+    eps = [json.loads(l) for l in (d5 / "search_episodes.jsonl").read_text().splitlines()]
+    qlass = [e for e in eps if e["method"] == "QLASS-M2"]
+    assert len(qlass) == 4 * 2 and all(len(t["candidates"]) == 2 for e in qlass for t in e["turns"] if t["action"])
+    assert (d5 / "budget_curves.png").stat().st_size > 1000
+    ratio = json.loads((d5 / "budget_ratio.json").read_text())
+    assert "QLASS-M2" in ratio and "bon_best_reward_x100" in ratio["QLASS-M2"]
+    abl = list(csv.DictReader((d5 / "ablation.csv").open()))
+    assert [r["target"] for r in abl] == ["q", "avg_reward", "outcome"]
+    assert (RUN / "05_guided_search.ipynb").is_file()

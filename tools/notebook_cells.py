@@ -30,6 +30,10 @@ from qlass_lib.envs import make_env
 from qlass_lib import expert
 env = make_env(cfg.env)
 records, stats = expert.prepare(cfg, env, out, ctx.resolve)
+example = expert.one_shot_example(records) if cfg.expert.one_shot else None  # optional one-shot demonstration
+records = expert.with_example(records, env.name, example)
+from qlass_lib.artifacts import write_json
+write_json(out / "prompt_example.json", example)
 display(pd.DataFrame([stats]))
 per_type = pd.DataFrame([{"task_type": r["task_type"], "agent_turns": sum(c["from"] == "gpt" for c in r["conversations"])}
                          for r in records]).groupby("task_type").agg(trajectories=("agent_turns", "size"),
@@ -59,7 +63,8 @@ from qlass_lib.evaluation import evaluate, summarize
 from qlass_lib.artifacts import write_json
 policy = Policy(model, tokenizer, cfg.model, cfg.bc.max_length, env.name)
 tasks = eval_tasks(env, cfg.env)
-episodes = evaluate(env, tasks, lambda budget: greedy_chooser(policy, budget), out / "eval_episodes.jsonl", desc="greedy eval")
+episodes = evaluate(env, tasks, lambda budget: greedy_chooser(policy, budget), out / "eval_episodes.jsonl",
+                    desc="greedy eval", example=example)
 table = summarize(episodes)
 table.to_csv(out / "bc_eval.csv", index=False)
 write_json(out / "bc_metrics.json", {"schema_version": 1, "split": cfg.env.eval_split, "per_type": table.to_dict("records"),
@@ -97,7 +102,7 @@ tasks = per_type(env.tasks("train"), cfg.tree.num_tasks_per_type)
 expert = ctx.expert_actions() if cfg.tree.attach_expert else {}
 print(f"{len(tasks)} training tasks; D={cfg.tree.depth} W={cfg.tree.width} max rollouts={cfg.tree.max_rollouts} "
       f"T={cfg.tree.sampling.temperature}; expert branches available for {sum(t.id in expert for t in tasks)}")
-builder = TreeBuilder(env, policy, cfg.tree)
+builder = TreeBuilder(env, policy, cfg.tree, example=ctx.example())
 records = build_trees(builder, tasks, out / "trees.jsonl", expert, cfg.seed)'''),
     ("md", "## Tree statistics"),
     ("code", '''
@@ -189,7 +194,7 @@ plots.save(fig, out / "q_values.png");'''),
     ("md", "## QNet dataset"),
     ("code", '''
 summary = qvalues.export_dataset(trees, cfg.env.name, out, cfg.qvalues.val_fraction, cfg.seed,
-                                 degenerate=cfg.qvalues.degenerate)
+                                 example=ctx.example(), degenerate=cfg.qvalues.degenerate)
 summary["degenerate_trees"] = info["degenerate_trees"]
 write_json(out / "q_summary.json", {**info, **{k: v for k, v in summary.items() if not k.endswith("_tasks")}})
 display(pd.DataFrame([{k: v for k, v in summary.items() if not k.endswith("_tasks")}]))'''),
@@ -272,7 +277,7 @@ tasks = per_type(eval_tasks(env, cfg.env), cfg.search.tasks_per_type)
 paraphraser = make_paraphraser(cfg.search)
 print(f"{len(tasks)} held-out tasks ({cfg.env.eval_split}); N={cfg.search.n_trajectories} M={cfg.search.m_candidates}")
 print("paraphrase example:", paraphraser("Your task is to find a(n) animal. First, focus on the thing. Then, move it to the red box in the kitchen.", 1))
-episodes = search.run_suite(env, tasks, policy, qnet, cfg.search, out / "search_episodes.jsonl", paraphraser)'''),
+episodes = search.run_suite(env, tasks, policy, qnet, cfg.search, out / "search_episodes.jsonl", paraphraser, ctx.example())'''),
     ("md", "## Results"),
     ("code", '''
 table = search.results_table(episodes)
@@ -312,7 +317,8 @@ rows = []
 for target in ["q"] + list(cfg.qnet.ablation_targets):
     qn = qnet if target == "q" else load_qnet(ctx.run_dir / "04_qnet_training" / f"qnet_{target}", cfg.model)
     eps = search.run_method(env, tasks, f"ablation-{target}", lambda b, i, qn=qn: search.qlass_chooser(policy, qn, m_max, cfg.search.sampling, b),
-                            cfg.search.ablation_trajectories, out / "ablation_episodes.jsonl", m=m_max, target=target)
+                            cfg.search.ablation_trajectories, out / "ablation_episodes.jsonl", example=ctx.example(),
+                            m=m_max, target=target)
     r = search.results_table(eps).iloc[0].to_dict()
     rows.append({"target": target, **{k: r[k] for k in ["tasks", "N", "reward_x100_first", "success_pct_first",
                                                         "reward_x100_oracle_bestofN", "gen_tokens_per_task"]}})
