@@ -31,13 +31,13 @@ class Policy:
     model_cfg: object
     max_length: int = 1024
     env_name: str = "scienceworld"
-    example: list | None = None
+    greedy_max_new_tokens: int = 48
 
     @torch.no_grad()
     def propose(self, state: list[dict], n: int = 1, sampling=None, budget: Budget | None = None) -> list[Candidate]:
         """``n`` candidate turns for ``state``; greedy when ``sampling`` is None (then n must be 1)."""
         tok, model = self.tokenizer, self.model
-        max_new = sampling.max_new_tokens if sampling is not None else 48
+        max_new = sampling.max_new_tokens if sampling is not None else self.greedy_max_new_tokens
         ids = prompts.encode_prompt(tok, state, self.max_length, reserve=max_new)
         device = model_device(model)
         input_ids = torch.tensor([ids], device=device)

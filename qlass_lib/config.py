@@ -30,11 +30,15 @@ def doc(default: Any, text: str):
 
 @dataclass
 class EnvConfig:
-    name: Literal["scienceworld", "scripted"] = doc("scienceworld", "environment adapter")
+    name: Literal["scienceworld", "webshop", "alfworld", "scripted"] = doc("scienceworld", "environment adapter")
     task_types: list[str] = doc(
         ["lifespan-longest-lived", "lifespan-shortest-lived", "lifespan-longest-lived-then-shortest-lived",
          "find-non-living-thing"], "task types (ScienceWorld task names) used by every stage")
     split_dir: Optional[str] = doc(None, "directory with ETO split files (train/dev/test_indices.json); None = the package's own splits")
+    data_dir: Optional[str] = doc(None, "WebShop: folder with the 1k-product catalog; ALFWorld: folder in the ALFWORLD_DATA layout")
+    cache_dir: Optional[str] = doc(None, "ALFWorld: where the train split is unpacked (default ~/.cache/qlass/alfworld)")
+    server_url: Optional[str] = doc(None, "WebShop: URL of a running official server to use instead of the local catalog")
+    options_per_product: int = doc(2, "WebShop: synthetic goals per product (option combinations)")
     max_turns: int = doc(20, "per-episode turn cap (counts every action, valid or not)")
     jvm_memory: str = doc("512m", "JVM heap cap for ScienceWorld (-Xmx)")
     train_per_type: Optional[int] = doc(None, "train variations per task type for expert data / BC (None = all)")

@@ -30,6 +30,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def absolutize(cfg: RunConfig, root: Path) -> RunConfig:
+    """Make the path-valued params absolute (relative paths are taken from the project root), so that
+    notebooks, whose working directory is notebooks/, read the same files as the runner."""
+    def fix(p):
+        if p is None:
+            return None
+        q = Path(p).expanduser()
+        return str(q if q.is_absolute() else (root / q).resolve())
+    cfg.env.split_dir = fix(cfg.env.split_dir)
+    cfg.env.data_dir = fix(cfg.env.data_dir)
+    cfg.env.cache_dir = fix(cfg.env.cache_dir)
+    cfg.env.eval_task_file = fix(cfg.env.eval_task_file)
+    cfg.expert.sft_file = fix(cfg.expert.sft_file)
+    m = cfg.model.model_name_or_path
+    if m.startswith((".", "~", "/")) or (root / m).exists():
+        cfg.model.model_name_or_path = fix(m)
+    return cfg
+
+
 @dataclass
 class RunContext:
     cfg: RunConfig
@@ -42,7 +61,7 @@ class RunContext:
         if params_path is not None and not Path(params_path).is_absolute():
             candidate = project_root() / params_path
             params_path = str(candidate) if candidate.exists() else params_path
-        cfg = load_config(params_path, overrides)
+        cfg = absolutize(load_config(params_path, overrides), project_root())
         rd = Path(run_dir) if run_dir else project_root() / "runs" / cfg.run_id
         rd.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed)

@@ -45,6 +45,14 @@ def preflight(cfg: RunConfig, root: Path) -> None:
         raise ConfigError("Java was not found on PATH: ScienceWorld needs Java 11+ (e.g. openjdk-17).")
     if cfg.env.split_dir and not resolve(cfg.env.split_dir).is_dir():
         raise ConfigError(f"env.split_dir: data directory not found: {resolve(cfg.env.split_dir)}")
+    if cfg.env.name == "webshop" and not cfg.env.server_url and not (cfg.env.data_dir and resolve(cfg.env.data_dir).is_dir()):
+        raise ConfigError(f"env.data_dir: WebShop data directory not found: "
+                          f"{resolve(cfg.env.data_dir) if cfg.env.data_dir else '(not set)'} (it must hold "
+                          f"resources_1k_documents.jsonl and items_ins_v2_1000.json; see data/README.md)")
+    if cfg.env.name == "alfworld" and not (cfg.env.data_dir and resolve(cfg.env.data_dir).is_dir()):
+        raise ConfigError(f"env.data_dir: ALFWorld data directory not found: "
+                          f"{resolve(cfg.env.data_dir) if cfg.env.data_dir else '(not set)'} (it must follow the "
+                          f"ALFWORLD_DATA layout: json_2.1.1/valid_seen, valid_unseen, train; see data/README.md)")
     if cfg.env.eval_task_file and not resolve(cfg.env.eval_task_file).is_file():
         raise ConfigError(f"env.eval_task_file: file not found: {resolve(cfg.env.eval_task_file)}")
     if cfg.expert.sft_file and not resolve(cfg.expert.sft_file).is_file():

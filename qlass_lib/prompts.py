@@ -21,6 +21,17 @@ INSTRUCTIONS = {
         "command on a line starting with 'Action:'. Useful commands: look around, go to ROOM, open OBJ, "
         "pick up OBJ, move OBJ to OBJ, focus on OBJ, examine OBJ, wait1. Use 'focus on' only for the object "
         "the task asks for: a wrong focus fails the task."),
+    "webshop": (
+        "You shop in a web store to buy the product the instruction describes. Each turn, reply with one "
+        "command on a line starting with 'Action:': search[keywords] on the search page, or click[button] with "
+        "a button shown on the page (a product id, an option value, Next >, < Prev, Back to Search, "
+        "Description, Features, Reviews, Buy Now). Choose the options the instruction asks for before "
+        "clicking Buy Now."),
+    "alfworld": (
+        "You are in a household and must complete the task. Each turn, reply with one command on a line "
+        "starting with 'Action:'. Commands: go to RECEP, open RECEP, close RECEP, take OBJ from RECEP, "
+        "put OBJ in/on RECEP, use OBJ, clean OBJ with RECEP, heat OBJ with RECEP, cool OBJ with RECEP, "
+        "examine OBJ, look, inventory."),
     "scripted": "Each turn, reply with one command on a line starting with 'Action:', such as 'Action: go red'.",
 }
 

@@ -72,13 +72,11 @@ class QNet(nn.Module):
         return v.gather(1, last_index(attention_mask)[:, None]).squeeze(1)
 
     def loss(self, batch: dict, kind: str = "per_token") -> torch.Tensor:
+        """MSE against per-token targets over every labeled action token (``per_token``, the paper's
+        objective) or over the last token of each labeled action (``last_token``)."""
         v = self.forward(batch["input_ids"], batch["attention_mask"])
-        target = batch["target"][:, None].expand_as(v)
-        if kind == "last_token":
-            idx = last_index(batch["attention_mask"])[:, None]
-            return ((v.gather(1, idx) - target.gather(1, idx)) ** 2).mean()
-        m = batch["action_mask"].float()
-        return (((v - target) ** 2) * m).sum() / m.sum().clamp(min=1)
+        m = (batch["last_mask"] if kind == "last_token" else batch["action_mask"]).float()
+        return (((v - batch["target_tok"]) ** 2) * m).sum() / m.sum().clamp(min=1)
 
     # -- scoring -----------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -15,21 +15,84 @@ from .models import model_device
 from .qnet import QNet, encode_pair, pad
 
 
+def _segments(mask: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each run of 1s."""
+    out, start = [], None
+    for i, m in enumerate(mask + [0]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            out.append((start, i))
+            start = None
+    return out
+
+
+def _example(ids: list[int], segments: list[tuple[int, int, float]], **meta) -> dict:
+    """An encoded sequence whose labeled segments carry their targets (per token) and last-token marks."""
+    am, lm, tt = [0] * len(ids), [0] * len(ids), [0.0] * len(ids)
+    for s, e, y in segments:
+        for i in range(s, e):
+            am[i], tt[i] = 1, y
+        lm[e - 1] = 1
+    return {"ids": ids, "action_mask": am, "last_mask": lm, "target_tok": tt, **meta}
+
+
 def load_examples(qnet: QNet, path: str | Path, target: str = "q") -> list[dict]:
-    """Encode dataset records; ``target`` picks q (normalized), avg_reward or outcome."""
+    """One example per (state, candidate) record; ``target`` picks q (normalized), avg_reward or outcome."""
     out = []
     for r in read_jsonl(path):
         ids, amask = encode_pair(qnet.tokenizer, r["state"], r["action_text"], qnet.max_length)
-        out.append({"ids": ids, "action_mask": amask, "target": float(r["targets"][target]), "task": r["task"],
-                    "parent": r["parent"], "node": r["node"], "depth": r["depth"]})
+        y = float(r["targets"][target])
+        segs = [(s, e, y) for s, e in _segments(amask)][-1:]
+        out.append(_example(ids, segs, target=y, task=r["task"], parent=r["parent"], node=r["node"],
+                            depth=r["depth"]))
+    return out
+
+
+def load_path_examples(qnet: QNet, path: str | Path, target: str = "q") -> list[dict]:
+    """Training examples packed by root-to-leaf path (see :func:`qlass_lib.qvalues.path_records`).
+
+    A path longer than ``max_length`` keeps the labeled turns that fit; each turn beyond is encoded on its
+    own (with the usual left truncation), so every labeled node is trained on exactly once.
+    """
+    from . import prompts
+    tok, out = qnet.tokenizer, []
+    for r in read_jsonl(path):
+        msgs = r["messages"]
+        text, spans = prompts.assistant_spans(tok, msgs)
+        enc = tok(text.rstrip(), return_offsets_mapping=True, add_special_tokens=False)
+        ids, offs = enc["input_ids"], enc["offset_mapping"]
+        segs, overflow, seg_nodes = [], [], []
+        for k, ((a, b), turn) in enumerate(zip(spans, r["turns"])):
+            if not turn["labeled"]:
+                continue
+            idx = [i for i, (s, e) in enumerate(offs) if a <= s < b and e > s]
+            y = float(turn["targets"][target])
+            if idx and idx[-1] < qnet.max_length:
+                segs.append((idx[0], idx[-1] + 1, y))
+                seg_nodes.append(turn["node"])
+            else:
+                overflow.append((k, y))
+        if segs:
+            end = max(e for _, e, _ in segs)
+            out.append(_example(ids[:end], segs, task=r["task"], path_leaf=r["leaf"], nodes=seg_nodes))
+        for k, y in overflow:
+            upto = 2 * k + 1  # messages[: upto] is the state of assistant turn k
+            ids_k, am = encode_pair(tok, msgs[:upto], msgs[upto]["content"], qnet.max_length)
+            s_e = _segments(am)[-1:]
+            out.append(_example(ids_k, [(s, e, y) for s, e in s_e], task=r["task"], path_leaf=r["leaf"],
+                                nodes=[r["turns"][k]["node"]]))
     return out
 
 
 def _batch(exs: list[dict], pad_id: int, device) -> dict:
     ids, att = pad([e["ids"] for e in exs], pad_id, "right")
     am, _ = pad([e["action_mask"] for e in exs], 0, "right")
+    lm, _ = pad([e["last_mask"] for e in exs], 0, "right")
+    n = ids.shape[1]
+    tt = torch.tensor([e["target_tok"] + [0.0] * (n - len(e["target_tok"])) for e in exs])
     return {"input_ids": ids.to(device), "attention_mask": att.to(device), "action_mask": am.to(device),
-            "target": torch.tensor([e["target"] for e in exs], device=device)}
+            "last_mask": lm.to(device), "target_tok": tt.to(device)}
 
 
 @torch.no_grad()
@@ -83,7 +146,8 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
                 break
         if val:
             pv = predict(qnet, val, cfg.batch_size)
-            history.append({"step": step, "epoch": epoch, "val_mse": float(np.mean((pv - [e["target"] for e in val]) ** 2)),
+            tgt = [e["target"] for e in val]
+            history.append({"step": step, "epoch": epoch, "val_mse": float(np.mean((pv - tgt) ** 2)),
                             "elapsed_s": time.perf_counter() - t0})
         if stopped == "time":
             break
@@ -145,7 +209,9 @@ def fit_qnet(cfg, policy_dir: str | Path, data_dir: str | Path, out_dir: str | P
     else:
         torch.manual_seed(cfg.seed)
         qnet = from_policy(policy_dir, cfg.model, cfg.qnet.max_length, train=True)
-        train = load_examples(qnet, data_dir / "qnet_train.jsonl", target)
+        paths = data_dir / "qnet_paths_train.jsonl"
+        train = (load_path_examples(qnet, paths, target) if paths.is_file()
+                 else load_examples(qnet, data_dir / "qnet_train.jsonl", target))
         val = load_examples(qnet, data_dir / "qnet_val.jsonl", target)
         result = train_qnet(qnet, train, val, cfg.qnet, cfg.seed)
         result["target"] = target

@@ -96,6 +96,28 @@ def split_tasks(trees: list[Tree], val_fraction: float, seed: int) -> tuple[set[
     return set(ids[n_val:]), set(ids[:n_val])
 
 
+def path_records(t: Tree, env_name: str, example, avg: dict, outc: dict) -> list[dict]:
+    """The same targets packed by root-to-leaf path, for training: one conversation per leaf whose agent
+    turns carry their node's targets.  Every node is labeled in exactly one path (the first that reaches it),
+    so packing changes the compute, not the weight of any example; a causal model sees at each turn exactly
+    the context of the per-node example."""
+    seen: set[int] = set()
+    out = []
+    for leaf in t.leaves():
+        path = t.path(leaf.id)[1:]
+        turns = []
+        for n in path:
+            turns.append({"node": n.id, "depth": n.depth, "labeled": n.id not in seen,
+                          "targets": {"q": n.q_norm, "q_raw": n.q, "avg_reward": avg[n.id], "outcome": outc[n.id]}})
+            seen.add(n.id)
+        if not any(x["labeled"] for x in turns):
+            continue
+        msgs = t.state(leaf.parent, env_name, example) + [{"role": "assistant", "content": (leaf.text or "").strip()}]
+        out.append({"schema_version": SCHEMA_VERSION, "task": t.task.id, "leaf": leaf.id, "messages": msgs,
+                    "turns": turns})
+    return out
+
+
 def export_dataset(trees: list[Tree], env_name: str, out_dir: str | Path, val_fraction: float, seed: int,
                    example=None, degenerate: str = "keep_raw") -> dict:
     """Write ``qnet_train.jsonl`` / ``qnet_val.jsonl``: one (state, candidate action, targets) per non-root node.
@@ -109,6 +131,7 @@ def export_dataset(trees: list[Tree], env_name: str, out_dir: str | Path, val_fr
     counts = {"train": 0, "val": 0}
     dropped = 0
     files = {k: (out_dir / f"qnet_{k}.jsonl").open("w") for k in counts}
+    paths = {k: (out_dir / f"qnet_paths_{k}.jsonl").open("w") for k in counts}
     try:
         for t in trees:
             split = "val" if t.task.id in val_ids else "train"
@@ -126,8 +149,10 @@ def export_dataset(trees: list[Tree], env_name: str, out_dir: str | Path, val_fr
                        "degenerate_tree": bool(t.stats.get("degenerate"))}
                 files[split].write(json.dumps(rec) + "\n")
                 counts[split] += 1
+            for rec in path_records(t, env_name, example, avg, outc):
+                paths[split].write(json.dumps(rec) + "\n")
     finally:
-        for f in files.values():
+        for f in list(files.values()) + list(paths.values()):
             f.close()
     summary = {"schema_version": SCHEMA_VERSION, "train_examples": counts["train"], "val_examples": counts["val"],
                "degenerate_trees_dropped": dropped, "train_tasks": sorted(train_ids), "val_tasks": sorted(val_ids)}

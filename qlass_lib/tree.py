@@ -162,7 +162,9 @@ class TreeBuilder:
             enqueue_new()
         snap = budget.snapshot()
         stats.update(nodes=len(tree.nodes), leaves=len(tree.leaves()), max_depth=max(n.depth for n in tree.nodes),
-                     nonzero_leaves=sum(1 for n in tree.leaves() if n.score > 0), env_steps=snap["env_steps"],
+                     nonzero_leaves=sum(1 for n in tree.leaves() if n.score > 0),
+                     nonzero_policy_leaves=sum(1 for n in tree.leaves() if n.score > 0 and n.source == "policy"),
+                     env_steps=snap["env_steps"],
                      gen_tokens=snap["gen_tokens"], gen_s=snap["gen_s"], env_s=snap["env_s"],
                      wall_s=time.perf_counter() - t0)
         tree.stats = stats
@@ -246,6 +248,7 @@ def stats_frame(records: list[dict]):
                      "rollouts": s["rollouts"], "expanded": s["expanded"], "pruned": s["pruned"],
                      "share_pruned": s["pruned"] / max(1, s["pruned"] + s["expanded"]),
                      "duplicates_rejected": s["duplicates_rejected"], "nonzero_leaves": s["nonzero_leaves"],
+                     "nonzero_policy_leaves": s.get("nonzero_policy_leaves", 0),
                      "env_steps": s["env_steps"], "replay_steps": s["replay_steps"],
                      "replay_mismatches": s["replay_mismatches"], "gen_tokens": s["gen_tokens"],
                      "gen_s": s["gen_s"], "env_s": s["env_s"], "wall_s": s["wall_s"]})

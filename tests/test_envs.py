@@ -106,3 +106,11 @@ def test_replay_is_deterministic_where_raw_listing_order_is_not(sciworld):
     for other in sciworld.tasks("test")[:3]:  # interleave other loads, as exploration does
         sciworld.reset(other)
         check_env(sciworld, task, gold, repeats=2)
+
+
+def test_ambiguous_action_is_an_observation(sciworld):
+    sciworld.reset(TaskRef("find-non-living-thing", 225))  # three wood cups in the art studio
+    s = sciworld.step("pick up wood cup")
+    assert s.observation.startswith("Ambiguous request") and not s.done
+    s = sciworld.step("0")  # the simulator then expects the number of the intended action
+    assert "inventory" in s.observation

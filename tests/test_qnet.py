@@ -66,12 +66,12 @@ def test_action_mask_covers_the_candidate_only(qnet):
 
 def test_losses_and_batch_training_reduce_error(qnet):
     state = _state()
+    from qlass_lib.qnet_train import _batch, _example, _segments, predict
     exs = []
     for i, c in enumerate(CANDS * 3):
         ids, am = encode_pair(qnet.tokenizer, state, c, 512)
-        exs.append({"ids": ids, "action_mask": am, "target": [0.9, 0.1, 0.6, 0.0][i % 4], "task": "t", "parent": 0,
-                    "node": i, "depth": 1})
-    from qlass_lib.qnet_train import _batch, predict
+        y = [0.9, 0.1, 0.6, 0.0][i % 4]
+        exs.append(_example(ids, [(s, e, y) for s, e in _segments(am)], target=y, task="t", parent=0, node=i, depth=1))
     b = _batch(exs[:4], qnet.tokenizer.pad_token_id, torch.device("cpu"))
     assert qnet.loss(b, "per_token").item() > 0 and qnet.loss(b, "last_token").item() > 0
     before = evaluate_qnet(predict(qnet, exs[:4]), exs[:4])["mse"]
@@ -102,3 +102,31 @@ def test_evaluate_qnet_by_hand():
     assert m["sibling_groups"] == 2 and m["sibling_accuracy"] == 0.5
     assert m["sibling_random_baseline"] == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert m["mse"] == pytest.approx(np.mean((pred - [1, 0, 0.5, 0.2, 0.8]) ** 2))
+
+
+def test_path_packing_sees_the_same_context_as_per_node_examples(qnet, tmp_path):
+    """Every node is labeled once across paths, with the target of its node, and the value read at the end
+    of its turn inside a packed path equals the value of its own (state, candidate) example."""
+    from qlass_lib import qvalues
+    from qlass_lib.qnet_train import load_examples, load_path_examples
+    from test_qvalues import _tree
+    trees = []
+    for v in range(2):
+        t = _tree()
+        t.task = t.task.__class__("t", v)
+        trees.append(t)
+    qvalues.compute(trees, 0.9, "tree")
+    qvalues.export_dataset(trees, "scienceworld", tmp_path, val_fraction=0.0, seed=0)
+    per_node = {(e["task"], e["node"]): e for e in load_examples(qnet, tmp_path / "qnet_train.jsonl")}
+    packed = load_path_examples(qnet, tmp_path / "qnet_paths_train.jsonl")
+    labeled = [(e["task"], n) for e in packed for n in e["nodes"]]
+    assert sorted(labeled) == sorted(per_node)  # each node exactly once
+    with torch.no_grad():
+        for e in packed:
+            v = qnet.forward(torch.tensor([e["ids"]]), torch.ones(1, len(e["ids"]), dtype=torch.long))[0]
+            ends = [i for i, m in enumerate(e["last_mask"]) if m]
+            for node, i in zip(e["nodes"], ends):
+                ref = per_node[(e["task"], node)]
+                assert e["target_tok"][i] == pytest.approx(ref["target"])
+                solo = qnet.values(torch.tensor([ref["ids"]]), torch.ones(1, len(ref["ids"]), dtype=torch.long))[0]
+                assert float(v[i]) == pytest.approx(float(solo), abs=1e-4)

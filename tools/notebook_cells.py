@@ -113,6 +113,7 @@ summary = {
     "share_pruned": stats.pruned.sum() / max(1, (stats.pruned + stats.expanded).sum()),
     "duplicates_rejected": int(stats.duplicates_rejected.sum()),
     "share_trees_with_nonzero_leaf": (stats.nonzero_leaves > 0).mean(),
+    "share_trees_with_nonzero_policy_leaf": (stats.nonzero_policy_leaves > 0).mean(),
     "env_steps": int(stats.env_steps.sum()), "replay_mismatches": int(stats.replay_mismatches.sum()),
     "gen_tokens": int(stats.gen_tokens.sum()), "gen_s": stats.gen_s.sum(), "env_s": stats.env_s.sum(),
     "wall_s": stats.wall_s.sum()}

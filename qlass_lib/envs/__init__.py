@@ -11,10 +11,33 @@ def make_env(env_cfg, max_turns: int | None = None) -> TextEnv:
         from .scienceworld import ScienceWorldEnv
         return ScienceWorldEnv(env_cfg.task_types, max_turns=turns, jvm_memory=env_cfg.jvm_memory,
                                split_dir=env_cfg.split_dir)
+    if env_cfg.name == "webshop":
+        if env_cfg.server_url:
+            from .webshop_http import WebShopHTTPEnv
+            return WebShopHTTPEnv(env_cfg.server_url, _eto_goal_ids(env_cfg.split_dir), max_turns=turns)
+        from .webshop import WebShopEnv
+        return WebShopEnv(env_cfg.data_dir, max_turns=turns, options_per_product=env_cfg.options_per_product,
+                          task_types=env_cfg.task_types)
+    if env_cfg.name == "alfworld":
+        from .alfworld import ALFWorldEnv
+        return ALFWorldEnv(env_cfg.data_dir, env_cfg.task_types, max_turns=turns, cache_dir=env_cfg.cache_dir)
     if env_cfg.name == "scripted":
         from .scripted import ScriptedEnv
         return ScriptedEnv(max_turns=turns)
     raise EnvError(f"unknown environment {env_cfg.name!r}")
+
+
+def _eto_goal_ids(split_dir: str | None) -> dict[str, list[int]]:
+    """ETO's WebShop goal indices (train_indices.json / test_indices.json) when a split folder is given."""
+    import json
+    from pathlib import Path
+    out: dict[str, list[int]] = {}
+    if split_dir:
+        for split in ("train", "dev", "test"):
+            p = Path(split_dir) / f"{split}_indices.json"
+            if p.is_file():
+                out[split] = [int(i) for i in json.loads(p.read_text())]
+    return out
 
 
 def read_task_file(path: str) -> list[TaskRef]:

@@ -1,0 +1,140 @@
+"""ALFWorld adapter on the ``alfworld`` and ``textworld`` packages (TextWorld PDDL games, no simulator).
+
+The data directory follows the ``ALFWORLD_DATA`` layout: ``json_2.1.1/{train,valid_seen,valid_unseen}/
+<task>/<trial>/game.tw-pddl``.  Splits: train; dev = seen = valid_seen; test = unseen = valid_unseen.  When
+only ``json_2.1.1_train.tar.xz`` is present, the train split is unpacked once into a cache folder outside
+the repository (``env.cache_dir``, default ``~/.cache/qlass/alfworld``).  A game is addressed by its task type
+and its index in the sorted list of its split's games; the reward is the game's ``won`` flag.  The expert
+is ALFWorld's handcoded expert (``expert_plan``), replay-checked like every expert trajectory.
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+from .base import EnvError, Reset, TaskRef, TextEnv
+
+SPLITS = {"train": "train", "dev": "valid_seen", "test": "valid_unseen"}
+TASK_TYPES = ["pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
+              "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place"]
+
+
+def game_dirs(root: Path, split: str, cache_dir: Path | None = None) -> list[Path]:
+    """Sorted trial folders holding a solvable game.tw-pddl, excluding movable/sliced trials."""
+    base = root / "json_2.1.1" / SPLITS[split]
+    if not base.is_dir() and split == "train":
+        tar = root / "json_2.1.1_train.tar.xz"
+        cache = (cache_dir or Path.home() / ".cache" / "qlass" / "alfworld")
+        base = cache / "json_2.1.1" / "train"
+        if not base.is_dir():
+            if not tar.is_file():
+                raise EnvError(f"ALFWorld train games not found under {root} (no json_2.1.1/train, no json_2.1.1_train.tar.xz)")
+            cache.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(tar) as t:
+                t.extractall(cache, filter="data")
+    if not base.is_dir():
+        raise EnvError(f"ALFWorld games not found: {base} (env.data_dir must follow the ALFWORLD_DATA layout)")
+    out = []
+    for game in sorted(base.glob("*/*/game.tw-pddl")):
+        trial = game.parent
+        if "movable" in str(trial) or "Sliced" in str(trial):
+            continue
+        try:
+            if not json.loads(game.read_text()).get("solvable", False):
+                continue
+        except (OSError, json.JSONDecodeError):
+            continue
+        out.append(trial)
+    return out
+
+
+def task_type_of(trial: Path) -> str:
+    name = trial.parent.name
+    return next((t for t in TASK_TYPES if name.startswith(t)), name.split("-")[0])
+
+
+class ALFWorldEnv(TextEnv):
+    name = "alfworld"
+
+    def __init__(self, data_dir: str | None, task_types: list[str] | None = None, max_turns: int = 40,
+                 cache_dir: str | None = None):
+        super().__init__(max_turns)
+        if not data_dir or not Path(data_dir).is_dir():
+            raise EnvError(f"ALFWorld data directory not found: {data_dir} (set env.data_dir to a folder in the "
+                           f"ALFWORLD_DATA layout, e.g. ../shared/data/alfworld)")
+        try:
+            import textworld  # noqa: F401
+            from alfworld.agents.environment.alfred_tw_env import AlfredDemangler  # noqa: F401
+        except ImportError as exc:
+            raise EnvError(f"ALFWorld needs the optional packages: pip install -e '.[alfworld]' ({exc})") from exc
+        self.root = Path(data_dir)
+        self.cache = Path(cache_dir) if cache_dir else None
+        self.types = set(task_types or TASK_TYPES)
+        self._games: dict[str, list[Path]] = {}
+        self._env = None
+        self._won = False
+
+    def games(self, split: str) -> list[Path]:
+        if split not in self._games:
+            self._games[split] = game_dirs(self.root, split, self.cache)
+        return self._games[split]
+
+    def tasks(self, split: str) -> list[TaskRef]:
+        out = []
+        for i, trial in enumerate(self.games(split)):
+            tt = task_type_of(trial)
+            if tt in self.types:
+                out.append(TaskRef(f"{tt}@{split}", i))
+        return out
+
+    def _trial(self, task: TaskRef) -> Path:
+        tt, _, split = task.task_type.partition("@")
+        games = self.games(split or "test")
+        if not 0 <= task.variation < len(games):
+            raise EnvError(f"no ALFWorld game {task.id}")
+        return games[task.variation]
+
+    def _start(self, game_file: Path):
+        import textworld
+        from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+        infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile", "expert_plan"])
+        if self._env is not None:
+            self._env.close()
+        self._env = textworld.start(str(game_file), request_infos=infos,
+                                    wrappers=[AlfredDemangler(shuffle=False), AlfredInfos])
+        return self._env
+
+    def _reset(self, task: TaskRef) -> Reset:
+        env = self._start(self._trial(task) / "game.tw-pddl")
+        state = env.reset()
+        self._won = False
+        text = state.feedback.split("-= Welcome to TextWorld, ALFRED! =-")[-1].strip()
+        obs, _, goal = text.partition("Your task is to: ")
+        return Reset(f"Your task is to: {goal.strip()}", obs.strip())
+
+    def _step(self, action: str):
+        state, _, done = self._env.step(action)
+        self._won = bool(state.get("won", False))
+        obs = state.feedback.strip() or "Nothing happens."
+        return obs, float(self._won), bool(done or self._won), {"won": self._won}
+
+    def gold_actions(self, task: TaskRef) -> list[str]:
+        """The handcoded expert, followed greedily from reset (each plan's first step)."""
+        env = self._start(self._trial(task) / "game.tw-pddl")
+        state = env.reset()
+        acts = []
+        for _ in range(self.max_turns):
+            plan = state.get("extra.expert_plan") or state.get("expert_plan") or []
+            if not plan:
+                break
+            acts.append(plan[0])
+            state, _, done = env.step(plan[0])
+            if done or state.get("won"):
+                break
+        return acts
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
