@@ -39,6 +39,7 @@ class EnvConfig:
     cache_dir: Optional[str] = doc(None, "ALFWorld: where the train split is unpacked (default ~/.cache/qlass/alfworld)")
     server_url: Optional[str] = doc(None, "WebShop: URL of a running official server to use instead of the local catalog")
     options_per_product: int = doc(2, "WebShop: synthetic goals per product (option combinations)")
+    simplifications: str = doc("easy", "ScienceWorld simplification string; 'easy' (teleport, open doors, ...) is what ETO/QLASS use")
     max_turns: int = doc(20, "per-episode turn cap (counts every action, valid or not)")
     jvm_memory: str = doc("512m", "JVM heap cap for ScienceWorld (-Xmx)")
     train_per_type: Optional[int] = doc(None, "train variations per task type for expert data / BC (None = all)")

@@ -18,9 +18,9 @@ DEFAULT_CHAT_TEMPLATE = (
 INSTRUCTIONS = {
     "scienceworld": (
         "You act in a simulated science world made of rooms, objects and devices. Each turn, reply with one "
-        "command on a line starting with 'Action:'. Useful commands: look around, go to ROOM, open OBJ, "
-        "pick up OBJ, move OBJ to OBJ, focus on OBJ, examine OBJ, wait1. Use 'focus on' only for the object "
-        "the task asks for: a wrong focus fails the task."),
+        "command on a line starting with 'Action:'. Useful commands: look around, teleport to ROOM, go to ROOM, "
+        "open OBJ, pick up OBJ, move OBJ to OBJ, focus on OBJ, examine OBJ, wait1. Use 'focus on' only for the "
+        "object the task asks for: a wrong focus fails the task."),
     "webshop": (
         "You shop in a web store to buy the product the instruction describes. Each turn, reply with one "
         "command on a line starting with 'Action:': search[keywords] on the search page, or click[button] with "

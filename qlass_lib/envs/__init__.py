@@ -10,7 +10,7 @@ def make_env(env_cfg, max_turns: int | None = None) -> TextEnv:
     if env_cfg.name == "scienceworld":
         from .scienceworld import ScienceWorldEnv
         return ScienceWorldEnv(env_cfg.task_types, max_turns=turns, jvm_memory=env_cfg.jvm_memory,
-                               split_dir=env_cfg.split_dir)
+                               split_dir=env_cfg.split_dir, simplifications=env_cfg.simplifications)
     if env_cfg.name == "webshop":
         if env_cfg.server_url:
             from .webshop_http import WebShopHTTPEnv
