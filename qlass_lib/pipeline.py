@@ -164,8 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--set", dest="sets", action="append", default=[], help="override a key, e.g. bc.max_minutes=2")
     c = sub.add_parser("check", help="validate a params file and the prerequisites it names")
     c.add_argument("params")
+    rp = sub.add_parser("report", help="print a markdown summary of a finished run")
+    rp.add_argument("run_dir", help="e.g. runs/default")
     args = ap.parse_args(argv)
     try:
+        if args.cmd == "report":
+            from .report import summarize_run
+            print(summarize_run(args.run_dir))
+            return 0
         if args.cmd == "check":
             cfg = load_config(args.params)
             preflight(cfg, project_root())

@@ -129,3 +129,12 @@ def test_webshop_series_runs_through_the_runner():
     import csv
     rows = {r["method"] for r in csv.DictReader((run / "05_guided_search" / "results.csv").open())}
     assert {"greedy", "BoN", "QLASS-M2"} <= rows
+
+
+@pytest.mark.smoke
+def test_report_summarizes_the_run(smoke_run):
+    proc = subprocess.run([sys.executable, "-m", "qlass_lib", "report", str(RUN)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for heading in ["## Stage wall times", "## Behavior cloning", "## Trees", "## QNet", "## Search", "budget ratio"]:
+        assert heading in proc.stdout
