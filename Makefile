@@ -16,7 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet wheel setuptools
+	# ALFWorld's textworld[pddl] needs fast-downward-textworld, which only builds without build isolation
+	$(PY) -m pip install --quiet --no-build-isolation fast-downward-textworld
+	$(PY) -m pip install --quiet -e ".[dev,alfworld]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -43,6 +43,7 @@ class EnvConfig:
     max_turns: int = doc(20, "per-episode turn cap (counts every action, valid or not)")
     jvm_memory: str = doc("512m", "JVM heap cap for ScienceWorld (-Xmx)")
     train_per_type: Optional[int] = doc(None, "train variations per task type for expert data / BC (None = all)")
+    train_split: Literal["train", "dev"] = doc("train", "split that expert data, BC and trees use (dev only for small smoke runs)")
     eval_split: Literal["dev", "test"] = doc("test", "held-out split for BC evaluation and search")
     eval_per_type: int = doc(10, "held-out variations per task type for evaluation")
     eval_task_file: Optional[str] = doc(None, "file listing evaluation tasks (task + variation per line, or JSON); overrides eval_split/eval_per_type")

@@ -188,7 +188,7 @@ def prepare(cfg, env, out_dir: str | Path, resolve=lambda p: Path(p)) -> tuple[l
         recs = load_eto_sft(resolve(cfg.expert.sft_file))
         return recs, {"source": str(cfg.expert.sft_file), "kept": len(recs)}
     from .envs import per_type
-    tasks = per_type(env.tasks("train"), cfg.env.train_per_type)
+    tasks = per_type(env.tasks(cfg.env.train_split), cfg.env.train_per_type)
     teleport = cfg.env.name == "scienceworld" and "easy" in cfg.env.simplifications.split(",")
     stats = generate_expert(env, tasks, out, cfg.expert.thoughts, cfg.expert.look_on_arrival, teleport=teleport)
     stats["source"] = "gold paths"

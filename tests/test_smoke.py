@@ -138,3 +138,32 @@ def test_report_summarizes_the_run(smoke_run):
     assert proc.returncode == 0, proc.stderr
     for heading in ["## Stage wall times", "## Behavior cloning", "## Trees", "## QNet", "## Search", "budget ratio"]:
         assert heading in proc.stdout
+
+
+ALF_DATA = ROOT.parent / "shared" / "data" / "alfworld"
+
+
+def _has_alfworld():
+    try:
+        import alfworld  # noqa: F401
+        import textworld  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.smoke
+@pytest.mark.skipif(not ALF_DATA.is_dir() or not _has_alfworld(), reason="ALFWorld data or packages not present")
+def test_alfworld_series_runs_through_the_runner():
+    run = ROOT / "runs" / "pytest-alfworld-smoke"
+    proc = subprocess.run([sys.executable, "-m", "qlass_lib", "run", "params/alfworld-smoke.yaml", "--run-id",
+                           "pytest-alfworld-smoke", "--force", "--set", f"env.data_dir={ALF_DATA}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for stage in ["01_behavior_cloning", "02_tree_construction", "03_q_values", "04_qnet_training", "05_guided_search"]:
+        assert json.loads((run / stage / "manifest.json").read_text())["status"] == "complete"
+    experts = [json.loads(l) for l in (run / "01_behavior_cloning" / "expert.jsonl").read_text().splitlines()]
+    assert experts and all(e["reward"] == 1.0 for e in experts)
+    import csv
+    rows = {r["method"] for r in csv.DictReader((run / "05_guided_search" / "results.csv").open())}
+    assert {"greedy", "BoN", "QLASS-M2"} <= rows

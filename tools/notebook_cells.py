@@ -98,7 +98,7 @@ from qlass_lib.envs import make_env, per_type
 from qlass_lib.tree import TreeBuilder, build_trees, stats_frame, Tree
 env = make_env(cfg.env)
 policy = ctx.policy(env.name)
-tasks = per_type(env.tasks("train"), cfg.tree.num_tasks_per_type)
+tasks = per_type(env.tasks(cfg.env.train_split), cfg.tree.num_tasks_per_type)
 expert = ctx.expert_actions() if cfg.tree.attach_expert else {}
 print(f"{len(tasks)} training tasks; D={cfg.tree.depth} W={cfg.tree.width} max rollouts={cfg.tree.max_rollouts} "
       f"T={cfg.tree.sampling.temperature}; expert branches available for {sum(t.id in expert for t in tasks)}")

@@ -95,14 +95,17 @@ class ALFWorldEnv(TextEnv):
             raise EnvError(f"no ALFWorld game {task.id}")
         return games[task.variation]
 
-    def _start(self, game_file: Path):
+    def _start(self, game_file: Path, expert: bool = False):
         import textworld
-        from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+        from alfworld.agents.environment.alfred_tw_env import (AlfredDemangler, AlfredExpert, AlfredExpertType,
+                                                                AlfredInfos)
         infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile", "expert_plan"])
         if self._env is not None:
             self._env.close()
-        self._env = textworld.start(str(game_file), request_infos=infos,
-                                    wrappers=[AlfredDemangler(shuffle=False), AlfredInfos])
+        wrappers = [AlfredDemangler(shuffle=False), AlfredInfos]
+        if expert:
+            wrappers.append(AlfredExpert(expert_type=AlfredExpertType.HANDCODED))
+        self._env = textworld.start(str(game_file), request_infos=infos, wrappers=wrappers)
         return self._env
 
     def _reset(self, task: TaskRef) -> Reset:
@@ -121,10 +124,10 @@ class ALFWorldEnv(TextEnv):
 
     def gold_actions(self, task: TaskRef) -> list[str]:
         """The handcoded expert, followed greedily from reset (each plan's first step)."""
-        env = self._start(self._trial(task) / "game.tw-pddl")
+        env = self._start(self._trial(task) / "game.tw-pddl", expert=True)
         state = env.reset()
         acts = []
-        for _ in range(self.max_turns):
+        for _ in range(max(self.max_turns, 80)):  # the expert's own cap, not the agent's turn cap
             plan = state.get("extra.expert_plan") or state.get("expert_plan") or []
             if not plan:
                 break
