@@ -113,21 +113,26 @@ def test_stage04_05_artifacts(smoke_run):
 WS_DATA = ROOT.parent / "shared" / "data" / "webshop"
 
 
-@pytest.mark.smoke
-@pytest.mark.skipif(not WS_DATA.is_dir(), reason="shared WebShop data not present")
-def test_webshop_series_runs_through_the_runner():
-    run = ROOT / "runs" / "pytest-webshop-smoke"
-    proc = subprocess.run([sys.executable, "-m", "qlass_lib", "run", "params/webshop-smoke.yaml", "--run-id",
-                           "pytest-webshop-smoke", "--force", "--set", f"env.data_dir={WS_DATA}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+def _series(params: str, run_id: str, data_dir: Path) -> tuple[list[dict], set[str]]:
+    """Run notebooks 01-05 for one environment; check every stage completed; return experts and methods."""
+    run = ROOT / "runs" / run_id
+    proc = subprocess.run([sys.executable, "-m", "qlass_lib", "run", params, "--run-id", run_id, "--force",
+                           "--set", f"env.data_dir={data_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for stage in ["01_behavior_cloning", "02_tree_construction", "03_q_values", "04_qnet_training", "05_guided_search"]:
         assert json.loads((run / stage / "manifest.json").read_text())["status"] == "complete"
     experts = [json.loads(l) for l in (run / "01_behavior_cloning" / "expert.jsonl").read_text().splitlines()]
-    assert len(experts) == 16 and all(e["reward"] == 1.0 for e in experts)
-    assert experts[0]["actions"][0].startswith("search[") and experts[0]["actions"][-1] == "click[Buy Now]"
     import csv
     rows = {r["method"] for r in csv.DictReader((run / "05_guided_search" / "results.csv").open())}
+    return experts, rows
+
+
+@pytest.mark.smoke
+@pytest.mark.skipif(not WS_DATA.is_dir(), reason="shared WebShop data not present")
+def test_webshop_series_runs_through_the_runner():
+    experts, rows = _series("params/webshop-smoke.yaml", "pytest-webshop-smoke", WS_DATA)
+    assert len(experts) == 16 and all(e["reward"] == 1.0 for e in experts)
+    assert experts[0]["actions"][0].startswith("search[") and experts[0]["actions"][-1] == "click[Buy Now]"
     assert {"greedy", "BoN", "QLASS-M2"} <= rows
 
 
@@ -155,15 +160,6 @@ def _has_alfworld():
 @pytest.mark.smoke
 @pytest.mark.skipif(not ALF_DATA.is_dir() or not _has_alfworld(), reason="ALFWorld data or packages not present")
 def test_alfworld_series_runs_through_the_runner():
-    run = ROOT / "runs" / "pytest-alfworld-smoke"
-    proc = subprocess.run([sys.executable, "-m", "qlass_lib", "run", "params/alfworld-smoke.yaml", "--run-id",
-                           "pytest-alfworld-smoke", "--force", "--set", f"env.data_dir={ALF_DATA}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for stage in ["01_behavior_cloning", "02_tree_construction", "03_q_values", "04_qnet_training", "05_guided_search"]:
-        assert json.loads((run / stage / "manifest.json").read_text())["status"] == "complete"
-    experts = [json.loads(l) for l in (run / "01_behavior_cloning" / "expert.jsonl").read_text().splitlines()]
+    experts, rows = _series("params/alfworld-smoke.yaml", "pytest-alfworld-smoke", ALF_DATA)
     assert experts and all(e["reward"] == 1.0 for e in experts)
-    import csv
-    rows = {r["method"] for r in csv.DictReader((run / "05_guided_search" / "results.csv").open())}
     assert {"greedy", "BoN", "QLASS-M2"} <= rows
