@@ -108,11 +108,14 @@ def render(tokenizer, messages: Sequence[dict], add_generation_prompt: bool) -> 
 def fit(tokenizer, messages: list[dict], max_tokens: int, reserve: int = 0, add_generation_prompt: bool = True) -> list[dict]:
     """Drop the oldest (assistant, user) turn pairs after the first message until the rendering fits.
 
-    The first message (task) and the last message (the current turn) are always kept; if they alone are
-    too long, the token-level left truncation in :func:`encode_prompt` takes over.
+    The first message (task) and the current turn are always kept: the last observation, plus the agent
+    turn after it when ``messages`` ends with one (BC windows, QNet inputs), so an action is never shown
+    without the observation it answers.  If they alone are too long, the caller's token-level left
+    truncation takes over.
     """
     msgs = list(messages)
-    while len(msgs) > 3:
+    keep = 2 if msgs and msgs[-1]["role"] == "assistant" else 1
+    while len(msgs) >= 3 + keep:
         n = len(tokenizer(render(tokenizer, msgs, add_generation_prompt), add_special_tokens=False)["input_ids"])
         if n + reserve <= max_tokens:
             break

@@ -53,6 +53,22 @@ def test_fit_drops_oldest_turns_keeps_task_and_current(tiny_tok):
     assert len(ids) <= 50
 
 
+def test_fit_never_separates_an_agent_turn_from_its_observation(tiny_tok):
+    """Regression: a window ending with an agent turn (BC example, QNet input) used to lose the observation
+    that turn answers when the window was too long, teaching actions without their context."""
+    tok, _ = tiny_tok
+    s = prompts.initial_state("webshop", "Buy a lamp.", "search page")
+    s = prompts.extend(s, "Action: search[lamp]", "results " + "B00LAMP " * 200)
+    window = s + [{"role": "assistant", "content": "Action: click[B00LAMP]"}]
+    fitted = prompts.fit(tok, window, max_tokens=50, add_generation_prompt=False)
+    assert fitted == window  # nothing can be dropped without losing the current observation
+    longer = prompts.extend(s, "Action: click[B00LAMP]", "item page " * 50) + [
+        {"role": "assistant", "content": "Action: click[Buy Now]"}]
+    fitted = prompts.fit(tok, longer, max_tokens=200, add_generation_prompt=False)
+    assert fitted == [longer[0]] + longer[3:]  # the search turn and the long results page went, in one pair
+    assert [m["role"] for m in fitted] == ["user", "assistant", "user", "assistant"]
+
+
 def test_one_shot_example_goes_into_first_message():
     ex = [{"role": "user", "content": "Task: demo"}, {"role": "assistant", "content": "Action: look around"}]
     s = prompts.initial_state("scienceworld", "Real task", "obs", example=ex)
