@@ -245,7 +245,10 @@ class WebShopEnv(TextEnv):
 
     # -- expert ------------------------------------------------------------------------------------------
     def gold_actions(self, task: TaskRef) -> list[str]:
-        """A scripted expert: search, page to the goal product, click it, choose the goal options, buy."""
+        """A scripted expert: search, page to the goal product, click it, choose the goal options, buy.
+
+        Queries and buttons are written as the page shows them (the env matches case-insensitively, as
+        WebShop does), so a cloned policy learns to copy text rather than to copy and lower-case it."""
         goal = self.cat.goals[task.variation]
         asin = goal["asin"]
         base = re.split(r" with |, and price lower than", goal["instruction_text"])[0]
@@ -253,7 +256,7 @@ class WebShopEnv(TextEnv):
             res = self.cat.search(query)
             if asin in res:
                 page = res.index(asin) // PAGE
-                acts = [f"search[{query.lower()}]"] + ["click[Next >]"] * page + [f"click[{asin.lower()}]"]
+                acts = [f"search[{query}]"] + ["click[Next >]"] * page + [f"click[{asin}]"]
                 acts += [f"click[{v}]" for v in goal["goal_options"].values()]
                 return acts + ["click[Buy Now]"]
-        return [f"search[{base.lower()}]"]  # the product cannot be found: the replay check will reject it
+        return [f"search[{base}]"]  # the product cannot be found: the replay check will reject it
