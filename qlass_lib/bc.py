@@ -244,6 +244,38 @@ def train_bc(model, tokenizer, train_ex: list[Example], val_ex: list[Example], b
             "final_train_ema": state["ema"]}
 
 
+def pretrain_tiny(cfg, base: str, records: list[dict], out_dir) -> str:
+    """Next-token pretraining of the embedded tiny model on the rendered expert conversations, every token
+    supervised (observations included), for ``model.tiny.pretrain_minutes``.  A model built from scratch has
+    no pretraining to copy names and ids from its context with; this short phase gives it some before BC
+    (which supervises agent turns only).  Resumable; returns the directory of the pretrained base."""
+    from dataclasses import replace
+    from .artifacts import write_json
+    from .models import EMBEDDED, load_model, load_tokenizer
+    minutes = cfg.model.tiny.pretrain_minutes
+    if cfg.model.model_name_or_path != EMBEDDED or minutes <= 0:
+        return base
+    out = Path(out_dir) / "pretrained_base"
+    if (out / "pretrain_result.json").is_file():
+        return str(out)
+    tok = load_tokenizer(base, cfg.model)
+    model = load_model(base, cfg.model, train=True)
+    ids: list[int] = []
+    for rec in records:
+        ids += tok(prompts.render(tok, to_messages(rec["conversations"]), False), add_special_tokens=False)["input_ids"]
+    n = cfg.bc.max_length
+    examples = [Example(ids[i:i + n], ids[i:i + n], "pretrain") for i in range(0, len(ids) - 1, n)]
+    pcfg = replace(cfg.bc, max_minutes=minutes, max_epochs=10_000, stop_at_loss=0.0, eval_every=10**9)
+    result = train_bc(model, tok, examples, [], pcfg, cfg.model, Path(out_dir) / "pretrain", cfg.seed)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    write_json(out / "pretrain_result.json", {"steps": result["steps"], "epochs": result["epochs"],
+               "train_seconds": result["train_seconds"], "final_train_ema": result["final_train_ema"],
+               "tokens_per_epoch": len(ids), "loss_curve": [[h["step"], h["train_ema"]] for h in result["history"]
+                                                              if "train_ema" in h][::10]})
+    return str(out)
+
+
 def fit_policy(cfg, records: list[dict], base: str, out_dir) -> tuple[object, object, dict]:
     """Train (or, when already finished, reload) the BC policy; returns (model, tokenizer, result)."""
     from .artifacts import read_json, write_json
@@ -253,6 +285,7 @@ def fit_policy(cfg, records: list[dict], base: str, out_dir) -> tuple[object, ob
     if done.is_file() and (out_dir / "policy").is_dir():
         model, tok = load_policy(out_dir / "policy", cfg.model)
         return model, tok, read_json(done)
+    base = pretrain_tiny(cfg, base, records, out_dir)
     tok = load_tokenizer(base, cfg.model)
     model = load_model(base, cfg.model, train=True)
     train_recs, val_recs = split_by_task(records, cfg.bc.val_fraction, cfg.seed)

@@ -52,7 +52,7 @@ class EnvConfig:
 @dataclass
 class ExpertConfig:
     thoughts: Literal["none", "template"] = doc("none", "agent turn text: bare action, or a templated short rationale + action")
-    look_on_arrival: bool = doc(True, "insert 'look around' after each move so decisions see the room (replay-checked)")
+    look_on_arrival: bool = doc(True, "ScienceWorld: insert 'look around' after each move so decisions see the room (replay-checked)")
     sft_file: Optional[str] = doc(None, "an ETO-format SFT JSON file to use instead of generating from gold paths")
     one_shot: bool = doc(False, "put one expert demonstration into every prompt (useful for large pretrained models)")
 
@@ -65,6 +65,7 @@ class TinyModelConfig:
     intermediate_size: int = doc(344, "MLP width")
     vocab_size: int = doc(1024, "byte-level BPE vocabulary trained on the expert corpus")
     max_positions: int = doc(2048, "maximum positions")
+    pretrain_minutes: float = doc(0.0, "next-token pretraining on the expert text (every token) before BC, standing in for an LLM's pretraining; 0 = off")
 
 
 @dataclass

@@ -61,14 +61,14 @@ def teleport_moves(actions: list[str]) -> list[str]:
     return out
 
 
-def with_looks(actions: list[str]) -> list[str]:
-    """Insert 'look around' after every move that is not already followed by one."""
+def with_looks(actions: list[str], look: str = "look around") -> list[str]:
+    """Insert ``look`` after every move that is not already followed by one."""
     out = []
     for i, a in enumerate(actions):
         out.append(a)
         nxt = actions[i + 1] if i + 1 < len(actions) else None
-        if _MOVE.match(a) and (nxt is None or nxt.strip().lower() != "look around"):
-            out.append("look around")
+        if _MOVE.match(a) and (nxt is None or nxt.strip().lower() != look):
+            out.append(look)
     return out
 
 
@@ -128,10 +128,11 @@ def generate_expert(env, tasks: Iterable[TaskRef], out_path: str | Path, thought
     with out_path.open("a") as f:
         for task in tqdm(tasks, desc="expert trajectories"):
             gold = env.gold_actions(task)
-            candidates = ([with_looks(gold)] if look_on_arrival else []) + [gold]
+            look = getattr(env, "arrival_look", None) if look_on_arrival else None
+            candidates = ([with_looks(gold, look)] if look else []) + [gold]
             if teleport:
                 short = teleport_moves(gold)
-                candidates = ([with_looks(short)] if look_on_arrival else []) + [short] + candidates
+                candidates = ([with_looks(short, look)] if look else []) + [short] + candidates
             rec = None
             for k, acts in enumerate(candidates):
                 r = record_trajectory(env, task, acts, thoughts, example)

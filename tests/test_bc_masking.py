@@ -69,3 +69,28 @@ def test_loss_ignores_user_tokens(tiny_tok):
     batch2 = dict(batch, labels=torch.full_like(batch["labels"], bc.IGNORE))
     _, n2 = bc.action_loss(model, batch2, cfg)
     assert n2 == 0 and torch.isfinite(loss)
+
+
+def test_tiny_pretraining_supervises_every_token_and_resumes(tiny_tok, tmp_path):
+    import json
+    from dataclasses import replace
+    from safetensors.torch import load_file
+    from qlass_lib.config import RunConfig
+    tok, path = tiny_tok
+    cfg = RunConfig()
+    cfg.model = replace(cfg.model, bf16=False, device="cpu")
+    recs = [{"id": f"t_{i}", "conversations": to_conversations(_conv(3))} for i in range(4)]
+    assert bc.pretrain_tiny(cfg, str(path), recs, tmp_path) == str(path)  # off by default
+    cfg.model.tiny = replace(cfg.model.tiny, pretrain_minutes=0.03)
+    cfg.bc = replace(cfg.bc, max_length=64, batch_tokens=256)
+    out = bc.pretrain_tiny(cfg, str(path), recs, tmp_path)
+    assert out != str(path)
+    res = json.loads((tmp_path / "pretrained_base" / "pretrain_result.json").read_text())
+    assert res["steps"] > 5 and res["tokens_per_epoch"] > 64
+    curve = [v for _, v in res["loss_curve"]]
+    assert curve[-1] < curve[0]  # observations are learned too: the text is repetitive
+    before, after = load_file(str(path / "model.safetensors")), load_file(f"{out}/model.safetensors")
+    assert any(not (before[k] == after[k]).all() for k in before)
+    stamp = (tmp_path / "pretrained_base" / "model.safetensors").stat().st_mtime_ns
+    assert bc.pretrain_tiny(cfg, str(path), recs, tmp_path) == out  # finished: reused, not retrained
+    assert (tmp_path / "pretrained_base" / "model.safetensors").stat().st_mtime_ns == stamp

@@ -73,6 +73,7 @@ class ALFWorldEnv(TextEnv):
         self.types = set(task_types or TASK_TYPES)
         self._games: dict[str, list[Path]] = {}
         self._env = None
+        self._loaded: tuple[Path, bool] | None = None  # (game file, expert wrapper) of the live TextWorld env
         self._won = False
 
     def games(self, split: str) -> list[Path]:
@@ -99,6 +100,8 @@ class ALFWorldEnv(TextEnv):
         import textworld
         from alfworld.agents.environment.alfred_tw_env import (AlfredDemangler, AlfredExpert, AlfredExpertType,
                                                                 AlfredInfos)
+        if self._env is not None and self._loaded == (game_file, expert):
+            return self._env  # same game: reset() restores its initial state (~0.35 s instead of ~0.8 s)
         infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile", "expert_plan"])
         if self._env is not None:
             self._env.close()
@@ -106,6 +109,7 @@ class ALFWorldEnv(TextEnv):
         if expert:
             wrappers.append(AlfredExpert(expert_type=AlfredExpertType.HANDCODED))
         self._env = textworld.start(str(game_file), request_infos=infos, wrappers=wrappers)
+        self._loaded = (game_file, expert)
         return self._env
 
     def _reset(self, task: TaskRef) -> Reset:
@@ -141,3 +145,4 @@ class ALFWorldEnv(TextEnv):
         if self._env is not None:
             self._env.close()
             self._env = None
+            self._loaded = None

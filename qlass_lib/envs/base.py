@@ -52,6 +52,9 @@ class TextEnv(abc.ABC):
     """Base class of all adapters: subclasses implement ``_reset`` and ``_step``."""
 
     name = "base"
+    #: command that shows the room after a move, inserted by the expert's look-on-arrival (None: moves
+    #: already describe the destination, as in ALFWorld, or there are no moves)
+    arrival_look: str | None = None
 
     def __init__(self, max_turns: int = 20):
         self.max_turns = max_turns

@@ -41,6 +41,7 @@ def canonical_task(name: str) -> str:
 
 
 class ScienceWorldEnv(TextEnv):
+    arrival_look = "look around"
     name = "scienceworld"
 
     def __init__(self, task_types: list[str], max_turns: int = 20, jvm_memory: str = "512m",

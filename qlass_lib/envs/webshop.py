@@ -251,7 +251,7 @@ class WebShopEnv(TextEnv):
         WebShop does), so a cloned policy learns to copy text rather than to copy and lower-case it."""
         goal = self.cat.goals[task.variation]
         asin = goal["asin"]
-        base = re.split(r" with |, and price lower than", goal["instruction_text"])[0]
+        base = re.split(r", and price lower than", goal["instruction_text"])[0]  # goal product first for 75%
         for query in (base, self.cat.products[asin].get("Title", "")):
             res = self.cat.search(query)
             if asin in res:
