@@ -122,10 +122,13 @@ def generate_expert(env, tasks: Iterable[TaskRef], out_path: str | Path, thought
     (for ScienceWorld's 'easy' simplification).  Returns counts.
     """
     out_path = Path(out_path)
+    failed_path = out_path.with_name(out_path.stem + "_failed.jsonl")  # ids whose gold path did not reach 1.0
     done = {r["id"] for r in read_jsonl(out_path)} if out_path.exists() else set()
-    stats = {"kept": len(done), "failed": 0, "fallback": 0}
-    tasks = [t for t in tasks if t.id not in done]
-    with out_path.open("a") as f:
+    failed = {r["id"] for r in read_jsonl(failed_path)} if failed_path.exists() else set()
+    stats = {"kept": len(done), "failed": len(failed), "fallback": 0}
+    skip = done | failed
+    tasks = [t for t in tasks if t.id not in skip]
+    with out_path.open("a") as f, failed_path.open("a") as ff:
         for task in tqdm(tasks, desc="expert trajectories"):
             gold = env.gold_actions(task)
             look = getattr(env, "arrival_look", None) if look_on_arrival else None
@@ -142,6 +145,8 @@ def generate_expert(env, tasks: Iterable[TaskRef], out_path: str | Path, thought
                     break
             if rec is None:
                 stats["failed"] += 1
+                ff.write(json.dumps({"id": task.id, "gold_steps": len(gold)}) + "\n")
+                ff.flush()
                 continue
             f.write(json.dumps(rec) + "\n")
             f.flush()
@@ -194,6 +199,9 @@ def prepare(cfg, env, out_dir: str | Path, resolve=lambda p: Path(p)) -> tuple[l
     stats = generate_expert(env, tasks, out, cfg.expert.thoughts, cfg.expert.look_on_arrival, teleport=teleport)
     stats["source"] = "gold paths"
     stats["tasks"] = len(tasks)
+    stats["success_rate"] = stats["kept"] / max(len(tasks), 1)
+    from .artifacts import write_json
+    write_json(Path(out_dir) / "expert_stats.json", {"schema_version": SCHEMA_VERSION, **stats})
     return read_jsonl(out), stats
 
 

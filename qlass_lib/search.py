@@ -130,8 +130,12 @@ def tokens_to_reach(curve: pd.DataFrame, target_x100: float) -> float | None:
 
 
 def budget_ratio(bon: pd.DataFrame, qlass: pd.DataFrame) -> dict:
-    """Tokens QLASS needs to reach Best-of-N's best reward, divided by Best-of-N's tokens for it."""
+    """Tokens QLASS needs to reach Best-of-N's best reward, divided by Best-of-N's tokens for it.
+
+    Undefined (``ratio`` None) when Best-of-N never scores above 0: there is nothing to reach."""
     best = bon.reward_x100.max()
+    if not best > 0:
+        return {"bon_best_reward_x100": float(best), "bon_tokens": None, "qlass_tokens_to_reach": None, "ratio": None}
     bon_tokens = float(bon.loc[bon.reward_x100.idxmax(), "tokens"])
     bon_first = tokens_to_reach(bon, best)
     q = tokens_to_reach(qlass, best)

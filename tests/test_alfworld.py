@@ -85,8 +85,9 @@ def test_invalid_actions_are_observations(alf):
 
 
 def test_expert_success_on_one_game_per_type(alf, tmp_path):
-    """The handcoded expert through the expert stage (replay-checked, 40-turn cap) on the first valid_seen game
-    of each task type; the closing note of issue 5 reports the rate on the default run's training games."""
+    """The handcoded expert through the expert stage (replay-checked; the recording lifts the agent's 40-turn
+    cap, the expert stops after 80 steps) on the first valid_seen game of each task type; the closing note of
+    issue 5 reports the rate on the default run's training games."""
     from qlass_lib.envs.alfworld import TASK_TYPES
     from qlass_lib.expert import generate_expert, read_jsonl
     firsts = {}
@@ -94,8 +95,8 @@ def test_expert_success_on_one_game_per_type(alf, tmp_path):
         firsts.setdefault(t.task_type.split("@")[0], t)
     assert set(firsts) == set(TASK_TYPES)
     stats = generate_expert(alf, list(firsts.values()), tmp_path / "expert.jsonl")
-    print(f"ALFWorld handcoded expert: {stats['kept']} of {len(firsts)} valid_seen games won within 40 turns")
+    print(f"ALFWorld handcoded expert: won {stats['kept']} of {len(firsts)} valid_seen games")
     assert stats["kept"] + stats["failed"] == len(firsts) and stats["kept"] >= 4
     for rec in read_jsonl(tmp_path / "expert.jsonl"):
-        assert rec["reward"] == 1.0 and len(rec["actions"]) <= 40
+        assert rec["reward"] == 1.0 and len(rec["actions"]) <= 80
         assert "look around" not in rec["actions"]  # ScienceWorld's look-on-arrival is not an ALFWorld command

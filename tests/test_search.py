@@ -89,6 +89,8 @@ def test_budget_ratio_by_hand():
     assert r["qlass_tokens_to_reach"] == pytest.approx(225) and r["ratio"] == pytest.approx(225 / 400)
     never = pd.DataFrame({"k": [1], "tokens": [10], "reward_x100": [10]})
     assert search.budget_ratio(bon, never)["ratio"] is None
+    zero = pd.DataFrame({"k": [1, 2], "tokens": [100, 200], "reward_x100": [0.0, 0.0]})
+    assert search.budget_ratio(zero, ql)["ratio"] is None  # nothing to reach: not a 1.5x "win" at 150 tokens
 
 
 def test_local_paraphrase_is_deterministic_and_keeps_content():
