@@ -128,10 +128,10 @@ def generate_expert(env, tasks: Iterable[TaskRef], out_path: str | Path, thought
     stats = {"kept": len(done), "failed": len(failed), "fallback": 0}
     skip = done | failed
     tasks = [t for t in tasks if t.id not in skip]
+    look = getattr(env, "arrival_look", None) if look_on_arrival else None
     with out_path.open("a") as f, failed_path.open("a") as ff:
         for task in tqdm(tasks, desc="expert trajectories"):
             gold = env.gold_actions(task)
-            look = getattr(env, "arrival_look", None) if look_on_arrival else None
             candidates = ([with_looks(gold, look)] if look else []) + [gold]
             if teleport:
                 short = teleport_moves(gold)

@@ -36,6 +36,7 @@ def summarize_run(run_dir: str | Path) -> str:
         st = json.loads((s1 / "expert_stats.json").read_text())
         out += ["## Expert trajectories", f"{st['kept']} of {st['tasks']} training tasks kept "
                 f"({100 * st['success_rate']:.1f}%: replay reached the full score), {st['failed']} failed"]
+    if (s1 / "bc_eval.csv").is_file():
         res = json.loads((s1 / "bc_result.json").read_text())
         met = json.loads((s1 / "bc_metrics.json").read_text())
         out += ["## Behavior cloning", f"parameters {met['parameters']:,}; trained {res['train_seconds']:.0f} s, "

@@ -4,8 +4,11 @@ The data directory follows the ``ALFWORLD_DATA`` layout: ``json_2.1.1/{train,val
 <task>/<trial>/game.tw-pddl``.  Splits: train; dev = seen = valid_seen; test = unseen = valid_unseen.  When
 only ``json_2.1.1_train.tar.xz`` is present, the train split is unpacked once into a cache folder outside
 the repository (``env.cache_dir``, default ``~/.cache/qlass/alfworld``).  A game is addressed by its task type
-and its index in the sorted list of its split's games; the reward is the game's ``won`` flag.  The expert
-is ALFWorld's handcoded expert (``expert_plan``), replay-checked like every expert trajectory.
+and its index in the sorted list of its split's games; the reward is the game's ``won`` flag.  The expert is
+ALFWorld's PDDL planner (``AlfredExpertType.PLANNER``: fast-downward on the game's full state, deterministic)
+or, as an option, ALFWorld's handcoded expert (explores like an agent, but its choices vary between runs of
+the same game); either is replay-checked like every expert trajectory.  The planner knows where every object
+is, so its trajectories go straight to the goal object: a policy cloned from them has to guess locations.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from pathlib import Path
 from .base import EnvError, Reset, TaskRef, TextEnv
 
 SPLITS = {"train": "train", "dev": "valid_seen", "test": "valid_unseen"}
+EXPERT_MAX_STEPS = 80  # the expert's own cap (recording lifts the agent's turn cap to fit it)
+EXPERTS = ("planner", "handcoded")
 TASK_TYPES = ["pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
               "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place"]
 
@@ -58,8 +63,11 @@ class ALFWorldEnv(TextEnv):
     name = "alfworld"
 
     def __init__(self, data_dir: str | None, task_types: list[str] | None = None, max_turns: int = 40,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, expert: str = "planner"):
         super().__init__(max_turns)
+        if expert not in EXPERTS:
+            raise EnvError(f"unknown ALFWorld expert {expert!r} (expected one of {list(EXPERTS)})")
+        self.expert = expert
         if not data_dir or not Path(data_dir).is_dir():
             raise EnvError(f"ALFWorld data directory not found: {data_dir} (set env.data_dir to a folder in the "
                            f"ALFWORLD_DATA layout, e.g. ../shared/data/alfworld)")
@@ -107,7 +115,8 @@ class ALFWorldEnv(TextEnv):
             self._env.close()
         wrappers = [AlfredDemangler(shuffle=False), AlfredInfos]
         if expert:
-            wrappers.append(AlfredExpert(expert_type=AlfredExpertType.HANDCODED))
+            kind = AlfredExpertType.PLANNER if self.expert == "planner" else AlfredExpertType.HANDCODED
+            wrappers.append(AlfredExpert(expert_type=kind))
         self._env = textworld.start(str(game_file), request_infos=infos, wrappers=wrappers)
         self._loaded = (game_file, expert)
         return self._env
@@ -127,11 +136,11 @@ class ALFWorldEnv(TextEnv):
         return obs, float(self._won), bool(done or self._won), {"won": self._won}
 
     def gold_actions(self, task: TaskRef) -> list[str]:
-        """The handcoded expert, followed greedily from reset (each plan's first step)."""
+        """The expert (planner or handcoded), followed from reset: the first step of each new plan."""
         env = self._start(self._trial(task) / "game.tw-pddl", expert=True)
         state = env.reset()
         acts = []
-        for _ in range(max(self.max_turns, 80)):  # the expert's own cap, not the agent's turn cap
+        for _ in range(max(self.max_turns, EXPERT_MAX_STEPS)):
             plan = state.get("extra.expert_plan") or state.get("expert_plan") or []
             if not plan:
                 break
