@@ -99,11 +99,14 @@ class Episode:
     success: bool
     steps: int
     turns: list[dict] = field(default_factory=list)
-    task_text: str = ""
+    task_text: str = ""  # as shown to the policy (a paraphrase in the -aug variants)
+    first_observation: str = ""
+    original_task_text: str = ""
 
     def to_dict(self) -> dict:
         return {"task": self.task, "reward": self.reward, "success": self.success, "steps": self.steps,
-                "task_text": self.task_text, "turns": self.turns}
+                "task_text": self.task_text, "original_task_text": self.original_task_text,
+                "first_observation": self.first_observation, "turns": self.turns}
 
 
 Chooser = Callable[[list[dict], int], tuple[Candidate, dict]]
@@ -136,7 +139,7 @@ def run_episode(env: TextEnv, task: TaskRef, choose: Chooser, budget: Budget | N
         state = prompts.extend(state, cand.text, step.observation)
         if step.done:
             break
-    return Episode(task.id, score, score >= 1.0 - 1e-9, len(turns), turns, shown)
+    return Episode(task.id, score, score >= 1.0 - 1e-9, len(turns), turns, shown, first.observation, first.task_text)
 
 
 def greedy_chooser(policy: Policy, budget: Budget | None = None) -> Chooser:

@@ -82,3 +82,16 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             out[p] = None
     return out
+
+
+def guard_hits(stage_dir: str | Path) -> list[str]:
+    """Training results in a stage folder that stopped on the wall-clock guard (``"stopped": "time"``): their
+    numbers depend on the machine's speed, so the manifest and ``report`` name them."""
+    out = []
+    for p in sorted(Path(stage_dir).rglob("*result.json")):
+        try:
+            if json.loads(p.read_text()).get("stopped") == "time":
+                out.append(str(p.relative_to(stage_dir)))
+        except (OSError, ValueError, AttributeError):
+            continue
+    return out

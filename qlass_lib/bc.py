@@ -177,7 +177,8 @@ def _load_ckpt(model, opt, ckpt: Path) -> dict | None:
 
 def train_bc(model, tokenizer, train_ex: list[Example], val_ex: list[Example], bc_cfg, model_cfg, out_dir,
              seed: int = 0) -> dict:
-    """Train with AdamW + warm-up/cosine; stop at ``stop_at_loss``, ``max_epochs`` or ``max_minutes``.
+    """Train with AdamW + warm-up/cosine; stop at ``stop_at_loss``, ``max_steps`` or ``max_epochs`` (budgets
+    that reproduce on any machine), or at the ``max_minutes`` wall-clock guard (``stopped == "time"``).
 
     Resumes from ``out_dir/checkpoint`` when present.  Returns the history (train/val loss per step).
     """
@@ -187,6 +188,9 @@ def train_bc(model, tokenizer, train_ex: list[Example], val_ex: list[Example], b
     opt = torch.optim.AdamW(params, lr=bc_cfg.learning_rate, weight_decay=bc_cfg.weight_decay, betas=(0.9, 0.98))
     steps_per_epoch = len(make_batches(train_ex, bc_cfg.batch_tokens, random.Random(seed)))
     total = max(1, steps_per_epoch * bc_cfg.max_epochs)
+    max_steps = getattr(bc_cfg, "max_steps", None)
+    if max_steps:
+        total = min(total, max_steps)
 
     def lr_at(step):
         if step < bc_cfg.warmup_steps:
@@ -222,6 +226,8 @@ def train_bc(model, tokenizer, train_ex: list[Example], val_ex: list[Example], b
             state["elapsed_s"] = rec["elapsed_s"]
             if state["step"] >= bc_cfg.warmup_steps and state["ema"] < bc_cfg.stop_at_loss:
                 state["stopped"] = "target_loss"
+            elif max_steps and state["step"] >= max_steps:
+                state["stopped"] = "steps"
             elif state["elapsed_s"] > bc_cfg.max_minutes * 60:
                 state["stopped"] = "time"
             if state["stopped"] or state["step"] % bc_cfg.save_every == 0:
@@ -246,14 +252,14 @@ def train_bc(model, tokenizer, train_ex: list[Example], val_ex: list[Example], b
 
 def pretrain_tiny(cfg, base: str, records: list[dict], out_dir) -> str:
     """Next-token pretraining of the embedded tiny model on the rendered expert conversations, every token
-    supervised (observations included), for ``model.tiny.pretrain_minutes``.  A model built from scratch has
+    supervised (observations included), for ``model.tiny.pretrain_steps`` (``pretrain_minutes`` is a guard).  A model built from scratch has
     no pretraining to copy names and ids from its context with; this short phase gives it some before BC
     (which supervises agent turns only).  Resumable; returns the directory of the pretrained base."""
     from dataclasses import replace
     from .artifacts import write_json
     from .models import EMBEDDED, load_model, load_tokenizer
-    minutes = cfg.model.tiny.pretrain_minutes
-    if cfg.model.model_name_or_path != EMBEDDED or minutes <= 0:
+    minutes, steps = cfg.model.tiny.pretrain_minutes, cfg.model.tiny.pretrain_steps
+    if cfg.model.model_name_or_path != EMBEDDED or steps <= 0:
         return base
     out = Path(out_dir) / "pretrained_base"
     if (out / "pretrain_result.json").is_file():
@@ -265,11 +271,11 @@ def pretrain_tiny(cfg, base: str, records: list[dict], out_dir) -> str:
         ids += tok(prompts.render(tok, to_messages(rec["conversations"]), False), add_special_tokens=False)["input_ids"]
     n = cfg.bc.max_length
     examples = [Example(ids[i:i + n], ids[i:i + n], "pretrain") for i in range(0, len(ids) - 1, n)]
-    pcfg = replace(cfg.bc, max_minutes=minutes, max_epochs=10_000, stop_at_loss=0.0, eval_every=10**9)
+    pcfg = replace(cfg.bc, max_minutes=minutes, max_epochs=10_000, max_steps=steps, stop_at_loss=0.0, eval_every=10**9)
     result = train_bc(model, tok, examples, [], pcfg, cfg.model, Path(out_dir) / "pretrain", cfg.seed)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    write_json(out / "pretrain_result.json", {"steps": result["steps"], "epochs": result["epochs"],
+    write_json(out / "pretrain_result.json", {"steps": result["steps"], "epochs": result["epochs"], "stopped": result["stopped"],
                "train_seconds": result["train_seconds"], "final_train_ema": result["final_train_ema"],
                "tokens_per_epoch": len(ids), "loss_curve": [[h["step"], h["train_ema"]] for h in result["history"]
                                                               if "train_ema" in h][::10]})

@@ -66,7 +66,8 @@ class TinyModelConfig:
     intermediate_size: int = doc(344, "MLP width")
     vocab_size: int = doc(1024, "byte-level BPE vocabulary trained on the expert corpus")
     max_positions: int = doc(2048, "maximum positions")
-    pretrain_minutes: float = doc(0.0, "next-token pretraining on the expert text (every token) before BC, standing in for an LLM's pretraining; 0 = off")
+    pretrain_steps: int = doc(0, "optimizer steps of next-token pretraining on the expert text (every token) before BC, standing in for an LLM's pretraining; 0 = off")
+    pretrain_minutes: float = doc(60.0, "wall-clock guard for that pretraining")
 
 
 @dataclass
@@ -91,7 +92,8 @@ class BCConfig:
     weight_decay: float = doc(0.01, "AdamW weight decay")
     batch_tokens: int = doc(8192, "tokens per optimizer step (examples are packed by length)")
     max_epochs: int = doc(30, "epoch cap")
-    max_minutes: float = doc(5.0, "wall-clock cap for training")
+    max_steps: Optional[int] = doc(None, "optimizer-step cap (None = epochs decide); budgets in steps/epochs reproduce on any machine")
+    max_minutes: float = doc(60.0, "wall-clock guard only (a run that hits it says so in its manifest and report)")
     stop_at_loss: float = doc(0.04, "stop when the running action-token loss falls below this (keeps sampling diversity)")
     val_fraction: float = doc(0.05, "share of expert tasks held out for validation loss")
     warmup_steps: int = doc(20, "linear warm-up steps")
@@ -115,6 +117,7 @@ class TreeConfig:
     max_resample: int = doc(3, "extra samples when a candidate duplicates a sibling")
     attach_expert: bool = doc(True, "attach the expert trajectory as a branch when one exists")
     max_rollouts: int = doc(40, "cap on rollouts per tree")
+    disjoint_from_bc: bool = doc(False, "build trees on training tasks that BC did not see (the ones after env.train_per_type per type)")
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"doc": "policy sampling during exploration"})
 
 
@@ -133,9 +136,13 @@ class QNetConfig:
     learning_rate: float = doc(1e-3, "learning rate")
     backbone_lr_scale: float = doc(0.1, "backbone lr = learning_rate * this (0 freezes the backbone)")
     epochs: int = doc(10, "epochs over the QNet dataset")
+    max_steps: Optional[int] = doc(None, "optimizer-step cap (None = epochs decide)")
+    warmup_steps: int = doc(10, "linear learning-rate warm-up steps (then cosine decay to 10%)")
     batch_size: int = doc(16, "examples per step")
     loss: Literal["per_token", "last_token"] = doc("per_token", "MSE over every action token (paper) or the last one")
-    max_minutes: float = doc(5.0, "wall-clock cap for training")
+    eval_every: int = doc(25, "optimizer steps between validation checks (checkpoint selection)")
+    select: Literal["last", "sibling_accuracy", "val_mse"] = doc("sibling_accuracy", "which checkpoint to keep: the last, or the best on the validation trees")
+    max_minutes: float = doc(60.0, "wall-clock guard only (a run that hits it says so in its manifest and report)")
     ablation_targets: list[str] = doc(["avg_reward", "outcome"], "extra QNets trained on these targets for the ablation")
 
 
@@ -149,6 +156,9 @@ class SearchConfig:
     paraphrase_endpoint: Optional[str] = doc(None, "OpenAI-compatible base URL (paraphraser=openai)")
     paraphrase_model: Optional[str] = doc(None, "model name at that endpoint")
     case_study_tasks: int = doc(3, "tasks whose first-step candidates are shown with their Q")
+    seeds: list[int] = doc([0], "search seeds: every method runs once per seed; differences are paired per task over seeds")
+    dedup_candidates: bool = doc(True, "QLASS scores each distinct action once (all generated tokens are still counted)")
+    augmented: bool = doc(True, "also run the paraphrase-augmented variants BoN-aug and QLASS-aug")
     ablation_trajectories: int = doc(1, "trajectories per task for the process-reward ablation (QLASS at the largest M)")
 
 
@@ -243,7 +253,18 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise ConfigError(f"{p}: top level must be a mapping")
     if overrides:
         data = deep_merge(data, overrides)
-    return _build(RunConfig, data)
+    cfg = _build(RunConfig, data)
+    cross_check(cfg)
+    return cfg
+
+
+def cross_check(cfg: RunConfig) -> None:
+    """Rules that tie fields together."""
+    if cfg.tree.disjoint_from_bc and cfg.env.train_per_type is None:
+        raise ConfigError("tree.disjoint_from_bc needs env.train_per_type (BC then uses the first train_per_type "
+                          "tasks of each type and trees the ones after them)")
+    if not cfg.search.seeds:
+        raise ConfigError("search.seeds: give at least one seed")
 
 
 def to_dict(cfg) -> dict:

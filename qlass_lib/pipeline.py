@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import git_commit, read_json, versions, write_json
+from .artifacts import git_commit, guard_hits, read_json, versions, write_json
 from .config import ConfigError, RunConfig, config_hash, load_config
 from .context import STAGES, project_root
 
@@ -145,10 +145,13 @@ def run(params: str, force: bool = False, only: list[str] | None = None, overrid
             "schema_version": 1, "stage": key, "notebook": nb.name, "status": "complete",
             "params_hash": hashes[key], "params": {s: dataclasses.asdict(cfg).get(s) for s in STAGE_SECTIONS[key]},
             "seed": cfg.seed, "versions": versions(), "git_commit": git_commit(root), "started": started,
-            "wall_time_s": round(wall, 2),
+            "wall_time_s": round(wall, 2), "wall_clock_guard_hit": guard_hits(sdir),
             "artifacts": sorted(str(p.relative_to(sdir)) for p in sdir.rglob("*") if p.is_file()
                                 and p.name not in ("manifest.json", ".params_hash"))[:500],
         })
+        for g in guard_hits(sdir):
+            log(f"[{key}] warning: {g} stopped on its wall-clock guard (max_minutes): its numbers depend on this "
+                f"machine's speed; raise the guard or lower the step/epoch budget")
         log(f"[{key}] {nb.stem}: done in {wall:.1f}s")
     return run_dir
 

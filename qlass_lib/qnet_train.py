@@ -1,6 +1,7 @@
 """Training and evaluation of the QNet on the exported (state, candidate, target) dataset."""
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -109,51 +110,109 @@ def predict(qnet: QNet, exs: list[dict], batch_size: int = 16) -> np.ndarray:
     return pred
 
 
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def _selection_score(metrics: dict, kind: str) -> tuple:
+    """Higher is better; ties on sibling accuracy are broken by validation MSE."""
+    acc = metrics["sibling_accuracy"]
+    acc = -1.0 if acc != acc else acc  # nan: no sibling group with different targets
+    return (acc, -metrics["mse"]) if kind == "sibling_accuracy" else (-metrics["mse"],)
+
+
+def init_head(qnet: QNet, mean_target: float) -> None:
+    """Start the value head at the mean target: zero last-layer weights, bias = mean (no early loss spike)."""
+    last = qnet.head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(float(mean_target))
+
+
 def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 0) -> dict:
-    """AdamW on head (lr) and backbone (lr * backbone_lr_scale); per-token or last-token MSE."""
+    """AdamW on head (lr) and backbone (lr * backbone_lr_scale) with warm-up and cosine decay; per-token or
+    last-token MSE.  Stops at ``max_steps`` or after ``epochs`` (``max_minutes`` is only a guard).  Every
+    ``eval_every`` steps the validation trees are scored and, with ``select`` other than ``last``, the best
+    checkpoint (sibling accuracy, then MSE) is kept and restored at the end."""
     device = model_device(qnet.lm)
     backbone = [p for p in qnet.lm.parameters() if p.requires_grad]
-    groups = [{"params": list(qnet.head.parameters()), "lr": cfg.learning_rate}]
+    groups = [{"params": list(qnet.head.parameters()), "lr": cfg.learning_rate, "base_lr": cfg.learning_rate}]
     if cfg.backbone_lr_scale > 0:
-        groups.append({"params": backbone, "lr": cfg.learning_rate * cfg.backbone_lr_scale})
+        lr = cfg.learning_rate * cfg.backbone_lr_scale
+        groups.append({"params": backbone, "lr": lr, "base_lr": lr})
     else:
         for p in backbone:
             p.requires_grad_(False)
+    if train and getattr(cfg, 'init_head', True):
+        init_head(qnet, float(np.mean([y for e in train for y, m in zip(e["target_tok"], e["action_mask"]) if m])))
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     rng = random.Random(seed)
+    per_epoch = sum(-(-len(c) // cfg.batch_size) for c in _chunks(list(range(len(train))), cfg.batch_size))
+    total = min(cfg.max_steps or 10**9, max(1, per_epoch * cfg.epochs))
     history, t0, step = [], time.perf_counter(), 0
+    best, best_score, best_step = None, None, 0
+    trainable = {n for n, p in qnet.named_parameters() if p.requires_grad}  # the only weights training changes
     stopped = "epochs"
+
+    def check():
+        nonlocal best, best_score, best_step
+        if not val:
+            return
+        m = evaluate_qnet(predict(qnet, val, cfg.batch_size), val)
+        history.append({"step": step, "val_mse": m["mse"], "val_sibling_accuracy": m["sibling_accuracy"],
+                        "val_spearman": m["spearman"], "elapsed_s": time.perf_counter() - t0})
+        qnet.train()
+        if cfg.select != "last" and (best_score is None or _selection_score(m, cfg.select) > best_score):
+            best_score, best_step = _selection_score(m, cfg.select), step
+            best = {k: v.detach().clone() for k, v in qnet.state_dict().items() if k in trainable}
+
+    check()  # step 0: the initialized head on the BC backbone
+    bar = tqdm(total=total, desc="qnet training", leave=False)
     for epoch in range(cfg.epochs):
         qnet.train()
         idx = list(range(len(train)))
         rng.shuffle(idx)
         # bucket by length inside chunks to limit padding
-        chunks = [sorted(idx[i:i + cfg.batch_size * 8], key=lambda j: len(train[j]["ids"]))
-                  for i in range(0, len(idx), cfg.batch_size * 8)]
+        chunks = [sorted(c, key=lambda j: len(train[j]["ids"])) for c in _chunks(idx, cfg.batch_size)]
         batches = [c[i:i + cfg.batch_size] for c in chunks for i in range(0, len(c), cfg.batch_size)]
         rng.shuffle(batches)
-        for b in tqdm(batches, desc=f"qnet epoch {epoch + 1}", leave=False):
+        for b in batches:
+            for g in groups:
+                g["lr"] = g["base_lr"] * _lr_factor(step, cfg.warmup_steps, total)
             loss = qnet.loss(_batch([train[j] for j in b], qnet.tokenizer.pad_token_id, device), cfg.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
             opt.step()
             step += 1
+            bar.update(1)
             history.append({"step": step, "epoch": epoch, "train_loss": loss.item(),
                             "elapsed_s": time.perf_counter() - t0})
+            if step % cfg.eval_every == 0:
+                check()
+            if step >= total:
+                stopped = "steps" if cfg.max_steps and step >= cfg.max_steps else "epochs"
+                break
             if time.perf_counter() - t0 > cfg.max_minutes * 60:
                 stopped = "time"
                 break
-        if val:
-            pv = predict(qnet, val, cfg.batch_size)
-            tgt = [e["target"] for e in val]
-            history.append({"step": step, "epoch": epoch, "val_mse": float(np.mean((pv - tgt) ** 2)),
-                            "elapsed_s": time.perf_counter() - t0})
-        if stopped == "time":
+        if stopped in ("time", "steps") or step >= total:
             break
+    bar.close()
+    if step % cfg.eval_every:
+        check()
+    if best is not None:
+        qnet.load_state_dict(best, strict=False)
     qnet.eval()
     return {"history": history, "steps": step, "stopped": stopped, "train_seconds": time.perf_counter() - t0,
-            "train_examples": len(train), "val_examples": len(val)}
+            "train_examples": len(train), "val_examples": len(val), "selected_step": best_step if best else step,
+            "select": cfg.select}
+
+
+def _chunks(idx: list[int], batch_size: int) -> list[list[int]]:
+    return [idx[i:i + batch_size * 8] for i in range(0, len(idx), batch_size * 8)]
 
 
 def sibling_groups(exs: list[dict]) -> dict[tuple, list[int]]:
@@ -172,6 +231,8 @@ def evaluate_qnet(pred: np.ndarray, exs: list[dict]) -> dict:
     from scipy.stats import spearmanr
     tgt = np.array([e["target"] for e in exs])
     out = {"examples": len(exs), "mse": float(np.mean((pred - tgt) ** 2)) if len(exs) else float("nan")}
+    out["target_variance"] = float(np.var(tgt)) if len(exs) else float("nan")
+    out["r2"] = 1.0 - out["mse"] / out["target_variance"] if len(exs) and out["target_variance"] > 0 else float("nan")
     out["spearman"] = float(spearmanr(pred, tgt).statistic) if len(exs) > 2 and np.std(tgt) > 0 else float("nan")
     hits, base, n = 0.0, 0.0, 0
     for ids in sibling_groups(exs).values():
@@ -220,5 +281,11 @@ def fit_qnet(cfg, policy_dir: str | Path, data_dir: str | Path, out_dir: str | P
     val = load_examples(qnet, data_dir / "qnet_val.jsonl", target)
     pred = predict(qnet, val, cfg.qnet.batch_size)
     metrics = {"target": target, **evaluate_qnet(pred, val)}
+    train_nodes = load_examples(qnet, data_dir / "qnet_train.jsonl", target)  # does it fit its own trees?
+    fit = evaluate_qnet(predict(qnet, train_nodes, cfg.qnet.batch_size), train_nodes)
+    metrics.update({f"train_{k}": fit[k] for k in ("mse", "target_variance", "r2", "spearman", "sibling_accuracy",
+                                                   "sibling_random_baseline")})
+    metrics.update(steps=result["steps"], selected_step=result.get("selected_step"), select=result.get("select"),
+                   stopped=result["stopped"])
     write_json(out_dir / "metrics.json", metrics)
     return qnet, result, metrics, pred, val

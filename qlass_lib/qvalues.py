@@ -129,6 +129,7 @@ def export_dataset(trees: list[Tree], env_name: str, out_dir: str | Path, val_fr
     out_dir = Path(out_dir)
     train_ids, val_ids = split_tasks(trees, val_fraction, seed)
     counts = {"train": 0, "val": 0}
+    informative = {"train": 0, "val": 0}  # sibling groups whose q targets differ: what ranking can learn from
     dropped = 0
     files = {k: (out_dir / f"qnet_{k}.jsonl").open("w") for k in counts}
     paths = {k: (out_dir / f"qnet_paths_{k}.jsonl").open("w") for k in counts}
@@ -139,6 +140,10 @@ def export_dataset(trees: list[Tree], env_name: str, out_dir: str | Path, val_fr
                 dropped += 1
                 continue
             avg, outc = avg_reward(t), outcome(t)
+            for p in t.nodes:
+                qs = [t.nodes[c].q_norm for c in p.children]
+                if len(qs) > 1 and max(qs) - min(qs) > 1e-9:
+                    informative[split] += 1
             for n in t.nodes:
                 if n.parent is None:
                     continue
@@ -155,6 +160,7 @@ def export_dataset(trees: list[Tree], env_name: str, out_dir: str | Path, val_fr
         for f in list(files.values()) + list(paths.values()):
             f.close()
     summary = {"schema_version": SCHEMA_VERSION, "train_examples": counts["train"], "val_examples": counts["val"],
-               "degenerate_trees_dropped": dropped, "train_tasks": sorted(train_ids), "val_tasks": sorted(val_ids)}
+               "train_informative_sibling_groups": informative["train"],
+               "val_informative_sibling_groups": informative["val"], "degenerate_trees_dropped": dropped, "train_tasks": sorted(train_ids), "val_tasks": sorted(val_ids)}
     write_json(out_dir / "qnet_dataset.json", summary)
     return summary

@@ -23,14 +23,18 @@ def _md(df: pd.DataFrame, digits: int = 2) -> str:
 def summarize_run(run_dir: str | Path) -> str:
     rd = Path(run_dir)
     out = [f"# Run `{rd.name}`"]
-    walls = []
+    walls, guards = [], []
     for key, name in STAGES.items():
         m = rd / name / "manifest.json"
         if m.is_file():
-            walls.append({"stage": name, "wall_s": json.loads(m.read_text())["wall_time_s"]})
+            man = json.loads(m.read_text())
+            walls.append({"stage": name, "wall_s": man["wall_time_s"]})
+            guards += [f"{name}/{g}" for g in man.get("wall_clock_guard_hit", [])]
     if walls:
         w = pd.DataFrame(walls)
         out += ["## Stage wall times", _md(w), f"total: {w.wall_s.sum():.0f} s"]
+    if guards:
+        out += ["**Warning: stopped on a wall-clock guard (numbers depend on this machine's speed):** " + ", ".join(guards)]
     s1 = rd / STAGES["01"]
     if (s1 / "expert_stats.json").is_file():
         st = json.loads((s1 / "expert_stats.json").read_text())
@@ -56,12 +60,19 @@ def summarize_run(run_dir: str | Path) -> str:
     s5 = rd / STAGES["05"]
     if (s5 / "results.csv").is_file():
         t = pd.read_csv(s5 / "results.csv")
-        keep = ["method", "tasks", "N", "reward_x100_first", "success_pct_first", "reward_x100_oracle_bestofN",
-                "success_pct_oracle_bestofN", "gen_tokens_per_task", "qnet_tokens_per_task"]
-        out += ["## Search (first trajectory = no selection; oracle = best of N by env outcome)", _md(t[keep])]
+        keep = [c for c in ["method", "tasks", "seeds", "N", "reward_x100_first", "success_pct_first",
+                            "reward_x100_qnet_selected", "success_pct_qnet_selected", "reward_x100_oracle_bestofN",
+                            "success_pct_oracle_bestofN", "gen_tokens_per_task", "qnet_tokens_per_task"] if c in t]
+        out += ["## Search (first trajectory = no selection; QNet-selected = no reward read; oracle = best of N by "
+                "env outcome)", _md(t[keep])]
+        if (s5 / "comparisons.csv").is_file():
+            out += ["paired differences A - B (reward x100 per task, seeds averaged; bootstrap 95% interval):",
+                    _md(pd.read_csv(s5 / "comparisons.csv"), 2)]
         ratio = json.loads((s5 / "budget_ratio.json").read_text())
         out += ["budget ratio (tokens QLASS needs to reach Best-of-N's best oracle reward / Best-of-N's tokens):",
                 _md(pd.DataFrame([{"method": k, **v} for k, v in ratio.items()]), 3)]
         if (s5 / "ablation.csv").is_file():
             out += ["## Process-reward ablation", _md(pd.read_csv(s5 / "ablation.csv"))]
+            if (s5 / "ablation_comparisons.csv").is_file():
+                out += [_md(pd.read_csv(s5 / "ablation_comparisons.csv"), 2)]
     return "\n\n".join(out) + "\n"

@@ -257,3 +257,14 @@ def stats_frame(records: list[dict]):
 
 def load_trees(path: str | Path) -> list[Tree]:
     return [Tree.from_dict(r) for r in read_jsonl(path)]
+
+
+def tree_tasks(env: TextEnv, cfg) -> list[TaskRef]:
+    """The training tasks that get a tree: ``tree.num_tasks_per_type`` per type of ``env.train_split``; with
+    ``tree.disjoint_from_bc`` only tasks BC did not train on (after the first ``env.train_per_type``)."""
+    from .envs import per_type
+    pool = env.tasks(cfg.env.train_split)
+    if cfg.tree.disjoint_from_bc:
+        seen = {t.id for t in per_type(pool, cfg.env.train_per_type)}
+        pool = [t for t in pool if t.id not in seen]
+    return per_type(pool, cfg.tree.num_tasks_per_type)

@@ -81,12 +81,12 @@ def test_tiny_pretraining_supervises_every_token_and_resumes(tiny_tok, tmp_path)
     cfg.model = replace(cfg.model, bf16=False, device="cpu")
     recs = [{"id": f"t_{i}", "conversations": to_conversations(_conv(3))} for i in range(4)]
     assert bc.pretrain_tiny(cfg, str(path), recs, tmp_path) == str(path)  # off by default
-    cfg.model.tiny = replace(cfg.model.tiny, pretrain_minutes=0.03)
+    cfg.model.tiny = replace(cfg.model.tiny, pretrain_steps=20)
     cfg.bc = replace(cfg.bc, max_length=64, batch_tokens=256)
     out = bc.pretrain_tiny(cfg, str(path), recs, tmp_path)
     assert out != str(path)
     res = json.loads((tmp_path / "pretrained_base" / "pretrain_result.json").read_text())
-    assert res["steps"] > 5 and res["tokens_per_epoch"] > 64
+    assert res["steps"] == 20 and res["stopped"] == "steps" and res["tokens_per_epoch"] > 64
     curve = [v for _, v in res["loss_curve"]]
     assert curve[-1] < curve[0]  # observations are learned too: the text is repetitive
     before, after = load_file(str(path / "model.safetensors")), load_file(f"{out}/model.safetensors")

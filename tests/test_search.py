@@ -1,6 +1,6 @@
 import pytest
 
-from qlass_lib import search
+from qlass_lib import search, selection
 from qlass_lib.agent import Candidate
 from qlass_lib.budget import Budget
 from qlass_lib.config import SamplingConfig
@@ -73,24 +73,28 @@ def test_run_method_resumes_and_tables(tmp_path):
     assert len(eps) == 6
     again = search.run_method(env, tasks, "BoN", lambda b, i: pytest.fail("should resume"), 3, out)
     assert len(again) == 6
-    t = search.results_table(eps)
+    t = selection.results_table(selection.task_scores(eps))
     row = t.iloc[0]
     assert row.N == 3 and row.tasks == 2 and row.gen_tokens_per_task == pytest.approx(3 * 4 * 3 / 1, rel=0.5)
-    curve = search.budget_curve(eps, "BoN")
+    curve = selection.budget_curve(eps, "BoN")
     assert list(curve.k) == [1, 2, 3] and curve.tokens.is_monotonic_increasing
+    assert (curve.ci_low <= curve.reward_x100).all() and (curve.reward_x100 <= curve.ci_high).all()
+    other = search.run_method(env, tasks, "BoN", lambda b, i: search.sampling_chooser(pol, SamplingConfig(), b), 3, out,
+                              seed=1)
+    assert len(other) == 6 and {e["seed"] for e in other} == {1}  # a second seed is a second set of episodes
 
 
 def test_budget_ratio_by_hand():
     import pandas as pd
     bon = pd.DataFrame({"k": [1, 2, 3, 4], "tokens": [100, 200, 300, 400], "reward_x100": [40, 50, 55, 60]})
     ql = pd.DataFrame({"k": [1, 2, 3, 4], "tokens": [150, 300, 450, 600], "reward_x100": [50, 70, 75, 80]})
-    r = search.budget_ratio(bon, ql)
+    r = selection.budget_ratio(bon, ql)
     # QLASS reaches 60 between 150 (50) and 300 (70): 150 + 0.5 * 150 = 225; BoN needs 400
     assert r["qlass_tokens_to_reach"] == pytest.approx(225) and r["ratio"] == pytest.approx(225 / 400)
     never = pd.DataFrame({"k": [1], "tokens": [10], "reward_x100": [10]})
-    assert search.budget_ratio(bon, never)["ratio"] is None
+    assert selection.budget_ratio(bon, never)["ratio"] is None
     zero = pd.DataFrame({"k": [1, 2], "tokens": [100, 200], "reward_x100": [0.0, 0.0]})
-    assert search.budget_ratio(zero, ql)["ratio"] is None  # nothing to reach: not a 1.5x "win" at 150 tokens
+    assert selection.budget_ratio(zero, ql)["ratio"] is None  # nothing to reach: not a 1.5x "win" at 150 tokens
 
 
 def test_local_paraphrase_is_deterministic_and_keeps_content():
@@ -103,3 +107,65 @@ def test_local_paraphrase_is_deterministic_and_keeps_content():
     s = prompts.initial_state("scienceworld", t, "obs")
     s2 = with_task_text(s, t, p1)
     assert prompts.task_text_of(s2) == p1 and prompts.task_text_of(s) == t
+
+
+def test_duplicate_candidates_are_scored_once_but_all_charged():
+    env = SpyEnv(max_turns=3)
+    task = env.tasks("train")[0]
+    b = Budget()
+    q = PrefersQNet("go red")
+    ch = search.qlass_chooser(FixedPolicy(["go blue", "go red", "go blue", "go red"]), q, 4, SamplingConfig(), b)
+    from qlass_lib.agent import run_episode
+    ep = run_episode(env, task, ch, b)
+    assert ep.reward == 1.0 and all(len(seen) == 2 for seen in q.seen)  # two distinct actions scored per step
+    assert b.gen_tokens == 3 * 4 * 4  # every generated candidate is charged
+    assert ep.turns[0]["distinct"] == 2 and len(ep.turns[0]["candidates"]) == 4
+    # one distinct action: nothing to choose, the QNet is not called
+    q1, b1 = PrefersQNet("go red"), Budget()
+    ch1 = search.qlass_chooser(FixedPolicy(["go red"]), q1, 3, SamplingConfig(), b1)
+    ep1 = run_episode(SpyEnv(max_turns=3), task, ch1, b1)
+    assert q1.seen == [] and b1.qnet_tokens == 0 and ep1.turns[0]["q"] is None and ep1.reward == 1.0
+
+
+def _ep(method, task, traj, reward, tokens=10, seed=0):
+    return {"method": method, "task": task, "traj": traj, "seed": seed, "reward": reward, "success": reward == 1.0,
+            "task_type": "t", "budget": {"gen_tokens": tokens, "qnet_tokens": 0, "env_steps": 1, "wall_s": 0.1}}
+
+
+def test_three_selections_by_hand():
+    eps = [_ep("BoN", "a", 0, 0.0), _ep("BoN", "a", 1, 1.0), _ep("BoN", "a", 2, 0.5),
+           _ep("BoN", "b", 0, 0.5), _ep("BoN", "b", 1, 0.0), _ep("BoN", "b", 2, 1.0)]
+    values = {("BoN", "a", 0, 0): 0.1, ("BoN", "a", 1, 0): 0.2, ("BoN", "a", 2, 0): 0.9,  # QNet prefers traj 2
+              ("BoN", "b", 0, 0): 0.8, ("BoN", "b", 1, 0): 0.3, ("BoN", "b", 2, 0): 0.3}  # QNet prefers traj 0
+    sc = selection.task_scores(eps, values).set_index("task")
+    assert sc.loc["a", ["first", "qnet", "oracle"]].tolist() == [0.0, 0.5, 1.0]
+    assert sc.loc["b", ["first", "qnet", "oracle"]].tolist() == [0.5, 0.5, 1.0]
+    row = selection.results_table(sc.reset_index()).iloc[0]
+    assert row.reward_x100_first == 25.0 and row.reward_x100_qnet_selected == 50.0
+    assert row.reward_x100_oracle_bestofN == 100.0 and row.gen_tokens_per_task == 30
+    q = selection.budget_curve(eps, "BoN", "qnet", values)
+    assert q.reward_x100.tolist() == pytest.approx([25.0, 75.0, 50.0])  # k=2: a picks traj 1 (1.0), b traj 0 (0.5)
+    o = selection.budget_curve(eps, "BoN", "oracle")
+    assert o.reward_x100.tolist() == pytest.approx([25.0, 75.0, 100.0])
+
+
+def test_final_state_rebuilds_the_state_before_the_last_turn():
+    env = ScriptedEnv(max_turns=3)
+    task = env.tasks("train")[0]
+    from qlass_lib.agent import run_episode
+    ep = run_episode(env, task, search.sampling_chooser(FixedPolicy(["go blue", "go red"]), SamplingConfig(), Budget()),
+                     Budget()).to_dict()
+    ep.update(method="BoN", traj=0)
+    state, text = selection.final_state(ep, env.name)
+    first = env.reset(task)
+    want = prompts.initial_state(env.name, first.task_text, first.observation)
+    for t in ep["turns"][:-1]:
+        want = prompts.extend(want, t["text"], t["observation"])
+    assert state == want and text == ep["turns"][-1]["text"]
+
+
+def test_episode_seeds_are_stable_and_distinct():
+    a = search.episode_seed(0, "BoN", "t_1", 0)
+    assert a == search.episode_seed(0, "BoN", "t_1", 0)
+    assert len({a, search.episode_seed(1, "BoN", "t_1", 0), search.episode_seed(0, "BoN", "t_1", 1),
+                search.episode_seed(0, "QLASS-M2", "t_1", 0)}) == 4

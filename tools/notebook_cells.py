@@ -95,10 +95,10 @@ Trees are appended to `trees.jsonl` as each task finishes, so an interrupted run
 out = ctx.stage_dir("02")'''),
     ("code", '''
 from qlass_lib.envs import make_env, per_type
-from qlass_lib.tree import TreeBuilder, build_trees, stats_frame, Tree
+from qlass_lib.tree import TreeBuilder, build_trees, stats_frame, Tree, tree_tasks
 env = make_env(cfg.env)
 policy = ctx.policy(env.name)
-tasks = per_type(env.tasks(cfg.env.train_split), cfg.tree.num_tasks_per_type)
+tasks = tree_tasks(env, cfg)  # disjoint from BC's tasks when tree.disjoint_from_bc
 expert = ctx.expert_actions() if cfg.tree.attach_expert else {}
 print(f"{len(tasks)} training tasks; D={cfg.tree.depth} W={cfg.tree.width} max rollouts={cfg.tree.max_rollouts} "
       f"T={cfg.tree.sampling.temperature}; expert branches available for {sum(t.id in expert for t in tasks)}")
@@ -210,7 +210,11 @@ NB04 = [
 The QNet is the BC policy's backbone plus an MLP value head (hidden → 1024 → 1024 → 1), trained with MSE on
 the Q targets of notebook 03 (per-token over the candidate action, the paper's objective). Evaluation on the
 held-out trees: MSE, Spearman correlation, and sibling accuracy (does the best child get the highest value?)
-next to its random baseline. QNets on the ablation targets (`avg_reward`, `outcome`) are trained too.
+next to its random baseline, and R² (1 − MSE / target variance) on the validation *and* the training trees (a QNet
+must first fit its own trees). The value head starts at the mean target; the learning rate warms up, then decays;
+the checkpoint kept is the best on the validation trees' sibling accuracy (`qnet.select`), so that number is
+optimistic — the search results of notebook 05 on held-out tasks are the unbiased test. QNets on the ablation
+targets (`avg_reward`, `outcome`) are trained the same way.
 """),
     ("params", ""),
     ("code", SETUP + '''
@@ -257,11 +261,12 @@ NB05 = [
     ("md", """
 # 05 · Q-guided search vs Best-of-N
 
-On held-out tasks: greedy decoding, Best-of-N (N sampled trajectories), QLASS (M candidates per step scored
-by the QNet, argmax executed) and the perturbation-augmented variants, all counted by one budget counter.
-Two numbers per method: the **first trajectory** (no selection — what a deployed agent gets) and the
-**best of N by environment outcome** (the paper's protocol — an *oracle* selection). Search never reads the
-reward of an action it did not execute.
+On held-out tasks: greedy decoding, Best-of-N (N sampled trajectories), QLASS (M candidates per step, duplicate
+actions dropped, the distinct ones scored by the QNet, argmax executed) and, optionally, the
+perturbation-augmented variants, all counted by one budget counter and run once per seed in `search.seeds`.
+Three numbers per method: the **first trajectory** (no selection — what one deployed run gets), the
+**QNet-selected** trajectory (no reward read) and the **best of N by environment outcome** (the paper's
+protocol — an *oracle* selection). Search never reads the reward of an action it did not execute.
 """),
     ("params", ""),
     ("code", SETUP + '''
@@ -276,33 +281,49 @@ policy = ctx.policy(env.name)
 qnet = load_qnet(ctx.run_dir / "04_qnet_training" / "qnet_q", cfg.model)
 tasks = per_type(eval_tasks(env, cfg.env), cfg.search.tasks_per_type)
 paraphraser = make_paraphraser(cfg.search)
-print(f"{len(tasks)} held-out tasks ({cfg.env.eval_split}); N={cfg.search.n_trajectories} M={cfg.search.m_candidates}")
+print(f"{len(tasks)} held-out tasks ({cfg.env.eval_split}); N={cfg.search.n_trajectories} M={cfg.search.m_candidates} "
+      f"seeds={cfg.search.seeds}")
 print("paraphrase example:", paraphraser("Your task is to find a(n) animal. First, focus on the thing. Then, move it to the red box in the kitchen.", 1))
 episodes = search.run_suite(env, tasks, policy, qnet, cfg.search, out / "search_episodes.jsonl", paraphraser, ctx.example())'''),
-    ("md", "## Results"),
+    ("md", """## Results
+Three selections among the N trajectories: **first** (no selection), **QNet-selected** (the trajectory whose final
+action the QNet values most; no reward read — deployable) and **oracle** (best by environment outcome — the paper's
+protocol, not deployable). Means over tasks and seeds."""),
     ("code", '''
-table = search.results_table(episodes)
+from qlass_lib import selection, stats
+values = selection.final_values(episodes, qnet, env.name, out / "selection_values.jsonl", ctx.example())
+scores = selection.task_scores(episodes, values)
+scores.to_csv(out / "task_scores.csv", index=False)
+table = selection.results_table(scores)
 table.to_csv(out / "results.csv", index=False)
 display(table.round(2))'''),
-    ("md", "## Reward against completion tokens (paper Fig. 3; best-of-k by outcome, k = 1..N)"),
+    ("md", "## Paired differences (per task, seeds averaged; bootstrap 95% intervals over tasks; reward x100)"),
+    ("code", '''
+comparisons = stats.comparison_table(scores, selection.standard_pairs(list(table.method)), seed=cfg.seed)
+comparisons.to_csv(out / "comparisons.csv", index=False)
+display(comparisons.round(2))
+display(search.candidate_diversity(episodes).round(3))'''),
+    ("md", "## Reward against completion tokens (paper Fig. 3; best of k, k = 1..N, with 95% intervals)"),
     ("code", '''
 import matplotlib.pyplot as plt
 from qlass_lib import plots
 from qlass_lib.artifacts import write_json
 methods = [m for m in table.method if m != "greedy"]
-curves = pd.concat([search.budget_curve(episodes, m) for m in methods])
+curves = pd.concat([selection.budget_curve(episodes, m, sel, values) for sel in ("oracle", "qnet") for m in methods])
 curves.to_csv(out / "budget_curves.csv", index=False)
-fig, ax = plt.subplots(figsize=(7, 4.5))
-for m, g in curves.groupby("method", sort=False):
-    ax.plot(g.tokens, g.reward_x100, "o-" if m.startswith("QLASS") else "s--", label=m)
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
 g = table.set_index("method").loc["greedy"]
-ax.scatter([g.gen_tokens_per_task], [g.reward_x100_first], marker="*", s=150, c="k", label="greedy", zorder=3)
-ax.set_xlabel("completion tokens per task"); ax.set_ylabel("mean reward x100 (best of k, oracle)")
-ax.legend(); ax.set_title("budget curves on held-out tasks")
+for ax, sel in zip(axes, ("oracle", "qnet")):
+    for m, c in curves[curves["select"] == sel].groupby("method", sort=False):
+        line, = ax.plot(c.tokens, c.reward_x100, "o-" if m.startswith("QLASS") else "s--", label=m)
+        ax.fill_between(c.tokens, c.ci_low, c.ci_high, color=line.get_color(), alpha=0.12)
+    ax.scatter([g.gen_tokens_per_task], [g.reward_x100_first], marker="*", s=150, c="k", label="greedy", zorder=3)
+    ax.set_xlabel("completion tokens per task"); ax.set_title(f"best of k by {'outcome (oracle)' if sel == 'oracle' else 'QNet value'}")
+axes[0].set_ylabel("mean reward x100"); axes[0].legend(fontsize=8)
 plots.save(fig, out / "budget_curves.png")
-ratios = {m: search.budget_ratio(search.budget_curve(episodes, "BoN"), search.budget_curve(episodes, m))
-          for m in methods if m.startswith("QLASS")}
-ratios.update({f"{m} vs BoN-aug": search.budget_ratio(search.budget_curve(episodes, "BoN-aug"), search.budget_curve(episodes, m))
+oc = curves[curves["select"] == "oracle"]
+ratios = {m: selection.budget_ratio(oc[oc.method == "BoN"], oc[oc.method == m]) for m in methods if m.startswith("QLASS")}
+ratios.update({f"{m} vs BoN-aug": selection.budget_ratio(oc[oc.method == "BoN-aug"], oc[oc.method == m])
                for m in methods if m.startswith("QLASS-aug")})
 write_json(out / "budget_ratio.json", ratios)
 display(pd.DataFrame(ratios).T)'''),
@@ -314,22 +335,30 @@ cs.to_csv(out / "case_study.csv", index=False)
 display(cs)'''),
     ("md", "## Process-reward ablation (paper §5.5): QNets trained on different targets guide the same search"),
     ("code", '''
-rows = []
+abl_eps = []
 for target in ["q"] + list(cfg.qnet.ablation_targets):
     qn = qnet if target == "q" else load_qnet(ctx.run_dir / "04_qnet_training" / f"qnet_{target}", cfg.model)
-    eps = search.run_method(env, tasks, f"ablation-{target}", lambda b, i, qn=qn: search.qlass_chooser(policy, qn, m_max, cfg.search.sampling, b),
-                            cfg.search.ablation_trajectories, out / "ablation_episodes.jsonl", example=ctx.example(),
-                            m=m_max, target=target)
-    r = search.results_table(eps).iloc[0].to_dict()
-    rows.append({"target": target, **{k: r[k] for k in ["tasks", "N", "reward_x100_first", "success_pct_first",
-                                                        "reward_x100_oracle_bestofN", "gen_tokens_per_task"]}})
-ablation = pd.DataFrame(rows)
+    for seed in cfg.search.seeds:
+        abl_eps += search.run_method(env, tasks, f"ablation-{target}",
+                                     lambda b, i, qn=qn: search.qlass_chooser(policy, qn, m_max, cfg.search.sampling, b,
+                                                                              dedup=cfg.search.dedup_candidates),
+                                     cfg.search.ablation_trajectories, out / "ablation_episodes.jsonl",
+                                     example=ctx.example(), seed=seed, m=m_max, target=target)
+abl_scores = selection.task_scores(abl_eps)
+ablation = selection.results_table(abl_scores)
+ablation.insert(0, "target", ablation.method.str.replace("ablation-", ""))
 ablation.to_csv(out / "ablation.csv", index=False)
-display(ablation.round(2))'''),
+display(ablation.round(2))
+abl_pairs = [("first", "ablation-q", f"ablation-{t}") for t in cfg.qnet.ablation_targets]
+abl_cmp = stats.comparison_table(abl_scores, abl_pairs, seed=cfg.seed)
+abl_cmp.to_csv(out / "ablation_comparisons.csv", index=False)
+display(abl_cmp.round(2))'''),
     ("code", '''
-write_json(out / "search_summary.json", {"schema_version": 1, "tasks": [t.id for t in tasks],
-                                         "results": table.to_dict("records"), "budget_ratio": ratios,
-                                         "ablation": ablation.to_dict("records")})
+write_json(out / "search_summary.json", {"schema_version": 2, "split": cfg.env.eval_split, "tasks": [t.id for t in tasks],
+                                         "seeds": cfg.search.seeds, "results": table.to_dict("records"),
+                                         "comparisons": comparisons.to_dict("records"), "budget_ratio": ratios,
+                                         "ablation": ablation.to_dict("records"),
+                                         "ablation_comparisons": abl_cmp.to_dict("records")})
 env.close()'''),
 ]
 

@@ -1,0 +1,36 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from qlass_lib.stats import bootstrap_mean_ci, comparison_table, paired_difference
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
+    x = np.arange(20, dtype=float)
+    a, b = bootstrap_mean_ci(x, seed=3), bootstrap_mean_ci(x, seed=3)
+    assert a == b
+    mean, lo, hi = a
+    assert mean == pytest.approx(9.5) and lo < mean < hi
+    assert bootstrap_mean_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
+
+
+def test_paired_difference_uses_common_tasks_only():
+    a = pd.Series({"t1": 1.0, "t2": 1.0, "t3": 0.0, "t4": 1.0})
+    b = pd.Series({"t1": 0.0, "t2": 0.0, "t3": 0.0})
+    r = paired_difference(a, b)
+    assert r["tasks"] == 3 and r["mean_diff"] == pytest.approx(2 / 3)
+    assert r["a_wins"] == 2 and r["b_wins"] == 0
+    same = paired_difference(a, a)
+    assert same["mean_diff"] == 0.0 and not same["excludes_zero"]
+
+
+def test_comparison_table_averages_seeds_per_task():
+    rows = []
+    for seed, bonus in [(0, 1.0), (1, 0.0)]:
+        for t in range(10):
+            rows.append({"method": "A", "task": f"t{t}", "seed": seed, "first": bonus})
+            rows.append({"method": "B", "task": f"t{t}", "seed": seed, "first": 0.0})
+    tab = comparison_table(pd.DataFrame(rows), [("first", "A", "B")])
+    r = tab.iloc[0]
+    assert r["mean_diff"] == pytest.approx(50.0)  # per task: mean over the two seeds, x100
+    assert r["ci_low"] == pytest.approx(50.0) and r["excludes_zero"]
