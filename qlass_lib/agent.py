@@ -102,11 +102,12 @@ class Episode:
     task_text: str = ""  # as shown to the policy (a paraphrase in the -aug variants)
     first_observation: str = ""
     original_task_text: str = ""
+    env_errors: int = 0  # steps where the environment raised (the exception became the observation)
 
     def to_dict(self) -> dict:
         return {"task": self.task, "reward": self.reward, "success": self.success, "steps": self.steps,
                 "task_text": self.task_text, "original_task_text": self.original_task_text,
-                "first_observation": self.first_observation, "turns": self.turns}
+                "first_observation": self.first_observation, "env_errors": self.env_errors, "turns": self.turns}
 
 
 Chooser = Callable[[list[dict], int], tuple[Candidate, dict]]
@@ -120,6 +121,7 @@ def run_episode(env: TextEnv, task: TaskRef, choose: Chooser, budget: Budget | N
     action is answered with an observation and counts toward the turn cap.
     """
     budget = budget or Budget()
+    errors0 = env.exceptions
     with budget.timing("env"):
         first = env.reset(task)
     shown = task_text_fn(first.task_text) if task_text_fn else first.task_text
@@ -139,7 +141,8 @@ def run_episode(env: TextEnv, task: TaskRef, choose: Chooser, budget: Budget | N
         state = prompts.extend(state, cand.text, step.observation)
         if step.done:
             break
-    return Episode(task.id, score, score >= 1.0 - 1e-9, len(turns), turns, shown, first.observation, first.task_text)
+    return Episode(task.id, score, score >= 1.0 - 1e-9, len(turns), turns, shown, first.observation, first.task_text,
+                   env.exceptions - errors0)
 
 
 def greedy_chooser(policy: Policy, budget: Budget | None = None) -> Chooser:

@@ -1,6 +1,7 @@
 """Artifact helpers: schema-versioned JSON/JSONL written safely, and per-stage manifests."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -37,30 +38,77 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """All complete records of a JSONL file; a torn last line (crash mid-write) is dropped."""
+class ArtifactError(RuntimeError):
+    """A damaged artifact: named with its file (and line), never read half."""
+
+
+def _parse_lines(path: Path) -> tuple[list[dict], int | None]:
+    """Records of a JSONL file, and the byte offset of a torn last line (None when there is none).
+
+    A line that does not parse is an error naming the file and line, unless it is the last line and has no
+    newline after it: that is what a crash in the middle of :func:`append_jsonl` leaves behind."""
+    data = path.read_bytes()
+    out, pos, lineno = [], 0, 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        end = len(data) if nl < 0 else nl
+        line = data[pos:end]
+        lineno += 1
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                if nl < 0:
+                    return out, pos
+                raise ArtifactError(f"{path}: line {lineno} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+                                    f"the file is damaged: restore it or rerun the stage that wrote it") from None
+        pos = end + 1
+    return out, None
+
+
+def read_jsonl(path: str | Path, log=None) -> list[dict]:
+    """All records of a JSONL file.  A bad line in the middle is an :class:`ArtifactError`; a torn last line
+    (crash mid-write) is left out with a warning (:func:`repair_jsonl` removes it from the file)."""
     path = Path(path)
     if not path.exists():
         return []
-    out = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
+    recs, torn = _parse_lines(path)
+    if torn is not None:
+        (log or _warn)(f"warning: {path}: ignoring a torn last line at byte {torn} (an interrupted write)")
+    return recs
 
 
-def repair_jsonl(path: str | Path) -> int:
-    """Rewrite a JSONL file keeping only its complete records; returns how many there are."""
-    recs = read_jsonl(path)
-    if Path(path).exists():
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in recs))
-        os.replace(tmp, path)
+def repair_jsonl(path: str | Path, log=None) -> int:
+    """Cut a torn last line (crash mid-write) off a JSONL file, logging it; returns the number of records."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    recs, torn = _parse_lines(path)
+    if torn is not None:
+        with path.open("r+b") as f:
+            f.truncate(torn)
+        (log or _warn)(f"repaired {path}: removed a torn last line at byte {torn} (an interrupted write); "
+                       f"{len(recs)} complete records kept")
     return len(recs)
+
+
+def _warn(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def artifact_digests(stage_dir: str | Path, skip=("manifest.json", ".params_hash", ".fingerprint")) -> dict:
+    """``relative path -> {"size", "sha256"}`` for every file of a stage folder (checkpoints included)."""
+    d = Path(stage_dir)
+    return {str(p.relative_to(d)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(d.rglob("*")) if p.is_file() and p.name not in skip}
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:

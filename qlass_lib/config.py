@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,15 +18,35 @@ from typing import Any, Literal, Optional
 import yaml
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 class ConfigError(ValueError):
     """A params file or override that does not fit the schema."""
 
 
-def doc(default: Any, text: str):
-    """A dataclass field with a default and a one-line doc."""
+def doc(default: Any, text: str, **bounds):
+    """A dataclass field with a default, a one-line doc and optional bounds (``ge``, ``gt``, ``le``, ``lt``)
+    that every number in it must satisfy."""
+    meta = {"doc": text, "bounds": bounds}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_OPS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "le": (lambda v, b: v <= b, "<="),
+        "lt": (lambda v, b: v < b, "<")}
+
+
+def _check_bounds(value: Any, bounds: dict, path: str) -> None:
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        for op, b in bounds.items():
+            ok, sym = _OPS[op]
+            if not ok(v, b):
+                raise ConfigError(f"{path}: {v!r} is out of range (must be {sym} {b})")
 
 
 @dataclass
@@ -39,14 +60,15 @@ class EnvConfig:
     cache_dir: Optional[str] = doc(None, "ALFWorld: where the train split is unpacked (default ~/.cache/qlass/alfworld)")
     alfworld_expert: Literal["planner", "handcoded"] = doc("planner", "ALFWorld: expert for the BC data (PDDL planner: deterministic, wins nearly every game; handcoded: explores, varies between runs)")
     server_url: Optional[str] = doc(None, "WebShop: URL of a running official server to use instead of the local catalog")
-    options_per_product: int = doc(2, "WebShop: synthetic goals per product (option combinations)")
+    options_per_product: int = doc(2, "WebShop: synthetic goals per product (option combinations)", ge=1)
     simplifications: str = doc("easy", "ScienceWorld simplification string; 'easy' (teleport, open doors, ...) is what ETO/QLASS use")
-    max_turns: int = doc(20, "per-episode turn cap (counts every action, valid or not)")
+    max_turns: int = doc(20, "per-episode turn cap (counts every action, valid or not)", ge=1)
+    max_error_share: float = doc(0.2, "a stage stops when more than this share of its episodes hit an environment exception", ge=0, le=1)
     jvm_memory: str = doc("512m", "JVM heap cap for ScienceWorld (-Xmx)")
-    train_per_type: Optional[int] = doc(None, "train variations per task type for expert data / BC (None = all)")
+    train_per_type: Optional[int] = doc(None, "train variations per task type for expert data / BC (None = all)", ge=1)
     train_split: Literal["train", "dev"] = doc("train", "split that expert data, BC and trees use (dev only for small smoke runs)")
     eval_split: Literal["dev", "test"] = doc("test", "held-out split for BC evaluation and search")
-    eval_per_type: int = doc(10, "held-out variations per task type for evaluation")
+    eval_per_type: int = doc(10, "held-out variations per task type for evaluation", ge=1)
     eval_task_file: Optional[str] = doc(None, "file listing evaluation tasks (task + variation per line, or JSON); overrides eval_split/eval_per_type")
 
 
@@ -60,14 +82,14 @@ class ExpertConfig:
 
 @dataclass
 class TinyModelConfig:
-    hidden_size: int = doc(128, "hidden size of the embedded tiny Llama")
-    num_layers: int = doc(4, "decoder layers")
-    num_heads: int = doc(4, "attention heads")
-    intermediate_size: int = doc(344, "MLP width")
-    vocab_size: int = doc(1024, "byte-level BPE vocabulary trained on the expert corpus")
-    max_positions: int = doc(2048, "maximum positions")
-    pretrain_steps: int = doc(0, "optimizer steps of next-token pretraining on the expert text (every token) before BC, standing in for an LLM's pretraining; 0 = off")
-    pretrain_minutes: float = doc(60.0, "wall-clock guard for that pretraining")
+    hidden_size: int = doc(128, "hidden size of the embedded tiny Llama", ge=1)
+    num_layers: int = doc(4, "decoder layers", ge=1)
+    num_heads: int = doc(4, "attention heads", ge=1)
+    intermediate_size: int = doc(344, "MLP width", ge=1)
+    vocab_size: int = doc(1024, "byte-level BPE vocabulary trained on the expert corpus", ge=300)
+    max_positions: int = doc(2048, "maximum positions", ge=16)
+    pretrain_steps: int = doc(0, "optimizer steps of next-token pretraining on the expert text (every token) before BC, standing in for an LLM's pretraining; 0 = off", ge=0)
+    pretrain_minutes: float = doc(60.0, "wall-clock guard for that pretraining", gt=0)
 
 
 @dataclass
@@ -75,9 +97,9 @@ class ModelConfig:
     model_name_or_path: str = doc("embedded-tiny", "HF causal-LM id or local directory; 'embedded-tiny' builds the offline tiny Llama")
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"doc": "architecture of the embedded tiny model"})
     load_in_4bit: bool = doc(False, "bitsandbytes NF4 quantization (needs CUDA)")
-    lora_r: int = doc(0, "LoRA rank; 0 trains all weights")
-    lora_alpha: int = doc(16, "LoRA alpha")
-    lora_dropout: float = doc(0.05, "LoRA dropout")
+    lora_r: int = doc(0, "LoRA rank; 0 trains all weights", ge=0)
+    lora_alpha: int = doc(16, "LoRA alpha", ge=1)
+    lora_dropout: float = doc(0.05, "LoRA dropout", ge=0, lt=1)
     lora_target_modules: list[str] = doc(["q_proj", "k_proj", "v_proj", "o_proj"], "modules LoRA adapts")
     bf16: bool = doc(True, "bf16 autocast where the device supports it")
     gradient_checkpointing: bool = doc(False, "trade compute for memory during training")
@@ -87,79 +109,79 @@ class ModelConfig:
 
 @dataclass
 class BCConfig:
-    max_length: int = doc(1024, "token cap per training example (left truncation keeps the current turn)")
-    learning_rate: float = doc(3e-3, "peak learning rate (AdamW, cosine decay)")
-    weight_decay: float = doc(0.01, "AdamW weight decay")
-    batch_tokens: int = doc(8192, "tokens per optimizer step (examples are packed by length)")
-    max_epochs: int = doc(30, "epoch cap")
-    max_steps: Optional[int] = doc(None, "optimizer-step cap (None = epochs decide); budgets in steps/epochs reproduce on any machine")
-    max_minutes: float = doc(60.0, "wall-clock guard only (a run that hits it says so in its manifest and report)")
-    stop_at_loss: float = doc(0.04, "stop when the running action-token loss falls below this (keeps sampling diversity)")
-    val_fraction: float = doc(0.05, "share of expert tasks held out for validation loss")
-    warmup_steps: int = doc(20, "linear warm-up steps")
-    eval_every: int = doc(50, "optimizer steps between validation-loss checks")
-    save_every: int = doc(100, "optimizer steps between resumable checkpoints")
+    max_length: int = doc(1024, "token cap per training example (left truncation keeps the current turn)", ge=16)
+    learning_rate: float = doc(3e-3, "peak learning rate (AdamW, cosine decay)", gt=0)
+    weight_decay: float = doc(0.01, "AdamW weight decay", ge=0)
+    batch_tokens: int = doc(8192, "tokens per optimizer step (examples are packed by length)", ge=1)
+    max_epochs: int = doc(30, "epoch cap", ge=1)
+    max_steps: Optional[int] = doc(None, "optimizer-step cap (None = epochs decide); budgets in steps/epochs reproduce on any machine", ge=1)
+    max_minutes: float = doc(60.0, "wall-clock guard only (a run that hits it says so in its manifest and report)", gt=0)
+    stop_at_loss: float = doc(0.04, "stop when the running action-token loss falls below this (keeps sampling diversity)", ge=0)
+    val_fraction: float = doc(0.05, "share of expert tasks held out for validation loss", ge=0, lt=1)
+    warmup_steps: int = doc(20, "linear warm-up steps", ge=0)
+    eval_every: int = doc(50, "optimizer steps between validation-loss checks", ge=1)
+    save_every: int = doc(100, "optimizer steps between resumable checkpoints", ge=1)
 
 
 @dataclass
 class SamplingConfig:
-    temperature: float = doc(0.7, "sampling temperature")
-    top_p: float = doc(1.0, "nucleus sampling p")
-    top_k: int = doc(0, "top-k (0 = off)")
-    max_new_tokens: int = doc(48, "cap on tokens generated per agent turn")
+    temperature: float = doc(0.7, "sampling temperature", gt=0)
+    top_p: float = doc(1.0, "nucleus sampling p", gt=0, le=1)
+    top_k: int = doc(0, "top-k (0 = off)", ge=0)
+    max_new_tokens: int = doc(48, "cap on tokens generated per agent turn", ge=1)
 
 
 @dataclass
 class TreeConfig:
-    num_tasks_per_type: int = doc(8, "training tasks per type that get an exploration tree")
-    depth: int = doc(6, "expansion depth D (nodes at depth <= D get children)")
-    width: int = doc(3, "children per expanded node W")
-    max_resample: int = doc(3, "extra samples when a candidate duplicates a sibling")
+    num_tasks_per_type: int = doc(8, "training tasks per type that get an exploration tree", ge=1)
+    depth: int = doc(6, "expansion depth D (nodes at depth <= D get children)", ge=0)
+    width: int = doc(3, "children per expanded node W", ge=1)
+    max_resample: int = doc(3, "extra samples when a candidate duplicates a sibling", ge=0)
     attach_expert: bool = doc(True, "attach the expert trajectory as a branch when one exists")
-    max_rollouts: int = doc(40, "cap on rollouts per tree")
+    max_rollouts: int = doc(40, "cap on rollouts per tree", ge=1)
     disjoint_from_bc: bool = doc(False, "build trees on training tasks that BC did not see (the ones after env.train_per_type per type)")
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"doc": "policy sampling during exploration"})
 
 
 @dataclass
 class QValueConfig:
-    gamma: float = doc(0.9, "discount in Q(n) = r(n) + gamma * max Q(children)")
+    gamma: float = doc(0.9, "discount in Q(n) = r(n) + gamma * max Q(children)", ge=0, le=1)
     normalize: Literal["tree", "dataset", "none"] = doc("tree", "min-max normalization scope")
     target: Literal["q", "avg_reward", "outcome"] = doc("q", "process reward used as the QNet target")
     degenerate: Literal["keep_raw", "drop"] = doc("keep_raw", "trees whose Q values are all equal: keep raw Q (flagged) or drop from the dataset")
-    val_fraction: float = doc(0.2, "share of tree tasks held out for QNet validation")
+    val_fraction: float = doc(0.2, "share of tree tasks held out for QNet validation", ge=0, lt=1)
 
 
 @dataclass
 class QNetConfig:
-    max_length: int = doc(1024, "token cap per (state, action) example")
-    learning_rate: float = doc(1e-3, "learning rate")
-    backbone_lr_scale: float = doc(0.1, "backbone lr = learning_rate * this (0 freezes the backbone)")
-    epochs: int = doc(10, "epochs over the QNet dataset")
-    max_steps: Optional[int] = doc(None, "optimizer-step cap (None = epochs decide)")
-    warmup_steps: int = doc(10, "linear learning-rate warm-up steps (then cosine decay to 10%)")
-    batch_size: int = doc(16, "examples per step")
+    max_length: int = doc(1024, "token cap per (state, action) example", ge=16)
+    learning_rate: float = doc(1e-3, "learning rate", gt=0)
+    backbone_lr_scale: float = doc(0.1, "backbone lr = learning_rate * this (0 freezes the backbone)", ge=0)
+    epochs: int = doc(10, "epochs over the QNet dataset", ge=1)
+    max_steps: Optional[int] = doc(None, "optimizer-step cap (None = epochs decide)", ge=1)
+    warmup_steps: int = doc(10, "linear learning-rate warm-up steps (then cosine decay to 10%)", ge=0)
+    batch_size: int = doc(16, "examples per step", ge=1)
     loss: Literal["per_token", "last_token"] = doc("per_token", "MSE over every action token (paper) or the last one")
-    eval_every: int = doc(25, "optimizer steps between validation checks (checkpoint selection)")
+    eval_every: int = doc(25, "optimizer steps between validation checks (checkpoint selection)", ge=1)
     select: Literal["last", "sibling_accuracy", "val_mse"] = doc("sibling_accuracy", "which checkpoint to keep: the last, or the best on the validation trees")
-    max_minutes: float = doc(60.0, "wall-clock guard only (a run that hits it says so in its manifest and report)")
+    max_minutes: float = doc(60.0, "wall-clock guard only (a run that hits it says so in its manifest and report)", gt=0)
     ablation_targets: list[str] = doc(["avg_reward", "outcome"], "extra QNets trained on these targets for the ablation")
 
 
 @dataclass
 class SearchConfig:
-    tasks_per_type: int = doc(5, "evaluation tasks per type used for search (a prefix of the held-out list)")
-    n_trajectories: int = doc(4, "trajectories per task N (Best-of-N and QLASS)")
-    m_candidates: list[int] = doc([2, 4], "candidates per step M swept for QLASS")
+    tasks_per_type: int = doc(5, "evaluation tasks per type used for search (a prefix of the held-out list)", ge=1)
+    n_trajectories: int = doc(4, "trajectories per task N (Best-of-N and QLASS)", ge=1)
+    m_candidates: list[int] = doc([2, 4], "candidates per step M swept for QLASS", ge=1)
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"doc": "sampling for Best-of-N and QLASS candidates"})
     paraphraser: Literal["local", "openai"] = doc("local", "task-description paraphraser for the -aug variants")
     paraphrase_endpoint: Optional[str] = doc(None, "OpenAI-compatible base URL (paraphraser=openai)")
     paraphrase_model: Optional[str] = doc(None, "model name at that endpoint")
-    case_study_tasks: int = doc(3, "tasks whose first-step candidates are shown with their Q")
+    case_study_tasks: int = doc(3, "tasks whose first-step candidates are shown with their Q", ge=0)
     seeds: list[int] = doc([0], "search seeds: every method runs once per seed; differences are paired per task over seeds")
     dedup_candidates: bool = doc(True, "QLASS scores each distinct action once (all generated tokens are still counted)")
     augmented: bool = doc(True, "also run the paraphrase-augmented variants BoN-aug and QLASS-aug")
-    ablation_trajectories: int = doc(1, "trajectories per task for the process-reward ablation (QLASS at the largest M)")
+    ablation_trajectories: int = doc(1, "trajectories per task for the process-reward ablation (QLASS at the largest M)", ge=1)
 
 
 @dataclass
@@ -213,6 +235,8 @@ def _check(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -230,7 +254,12 @@ def _build(cls, data: dict, path: str = ""):
         if key not in names:
             where = f"{path}.{key}" if path else key
             raise ConfigError(f"unknown params key '{where}' (valid keys here: {sorted(names)})")
-    kwargs = {k: _check(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        where = f"{path}.{k}" if path else k
+        kwargs[k] = _check(hints[k], v, where)
+        _check_bounds(kwargs[k], fields[k].metadata.get("bounds", {}), where)
     return cls(**kwargs)
 
 
@@ -248,7 +277,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"params file not found: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
     if overrides:

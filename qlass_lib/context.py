@@ -33,18 +33,17 @@ def seed_everything(seed: int) -> None:
 def absolutize(cfg: RunConfig, root: Path) -> RunConfig:
     """Make the path-valued params absolute (relative paths are taken from the project root), so that
     notebooks, whose working directory is notebooks/, read the same files as the runner."""
+    from .preflight import looks_like_path, resolve_path
+
     def fix(p):
-        if p is None:
-            return None
-        q = Path(p).expanduser()
-        return str(q if q.is_absolute() else (root / q).resolve())
+        return None if p is None else str(resolve_path(p, root).resolve())
     cfg.env.split_dir = fix(cfg.env.split_dir)
     cfg.env.data_dir = fix(cfg.env.data_dir)
     cfg.env.cache_dir = fix(cfg.env.cache_dir)
     cfg.env.eval_task_file = fix(cfg.env.eval_task_file)
     cfg.expert.sft_file = fix(cfg.expert.sft_file)
     m = cfg.model.model_name_or_path
-    if m.startswith((".", "~", "/")) or (root / m).exists():
+    if m != "embedded-tiny" and looks_like_path(m, root):
         cfg.model.model_name_or_path = fix(m)
     return cfg
 
@@ -64,6 +63,8 @@ class RunContext:
         cfg = absolutize(load_config(params_path, overrides), project_root())
         rd = Path(run_dir) if run_dir else project_root() / "runs" / cfg.run_id
         rd.mkdir(parents=True, exist_ok=True)
+        from .runlock import claim_for_kernel
+        claim_for_kernel(rd)  # one writer per run folder
         seed_everything(cfg.seed)
         torch.set_num_threads(max(1, torch.get_num_threads()))
         return cls(cfg, rd)
@@ -98,7 +99,5 @@ class RunContext:
 
     def resolve(self, path: str | None) -> Path | None:
         """A user path from params: relative paths are taken from the project root."""
-        if path is None:
-            return None
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else project_root() / p
+        from .preflight import resolve_path
+        return None if path is None else resolve_path(path, project_root())

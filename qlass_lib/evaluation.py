@@ -27,17 +27,32 @@ def evaluate(env: TextEnv, tasks: list[TaskRef], make_chooser: Callable[[Budget]
     return [r for r in read_jsonl(out_path) if r["task"] in wanted]
 
 
+def check_env_errors(records: list[dict], max_share: float, what: str) -> dict:
+    """Count episodes (or trees) that hit an environment exception; stop the stage when their share exceeds
+    ``max_share`` (a dying simulator must not look like a policy that scores 0)."""
+    n = len(records)
+    hit = sum(1 for r in records if (r.get("env_errors") or r.get("stats", {}).get("env_errors") or 0) > 0)
+    share = hit / n if n else 0.0
+    if share > max_share:
+        raise RuntimeError(f"{hit} of {n} {what} hit an environment exception ({100 * share:.0f}% > "
+                           f"env.max_error_share {100 * max_share:.0f}%): the environment is failing, not the "
+                           f"policy; see the 'Error from the environment' observations in the episode files")
+    return {"records": n, "with_env_errors": hit, "share": share}
+
+
 def summarize(episodes: list[dict], by: str = "task_type") -> pd.DataFrame:
     """Mean reward x100, success rate (%), mean steps and generated tokens per group, plus an 'all' row."""
     if not episodes:
         return pd.DataFrame(columns=[by, "episodes", "mean_reward_x100", "success_rate_pct", "mean_steps"])
     df = pd.DataFrame([{by: e[by], "reward": e["reward"], "success": e["success"], "steps": e["steps"],
-                        "gen_tokens": e.get("budget", {}).get("gen_tokens", 0)} for e in episodes])
+                        "gen_tokens": e.get("budget", {}).get("gen_tokens", 0),
+                        "env_errors": e.get("env_errors", 0)} for e in episodes])
 
     def agg(g):
         return pd.Series({"episodes": len(g), "mean_reward_x100": 100 * g.reward.mean(),
                           "success_rate_pct": 100 * g.success.mean(), "mean_steps": g.steps.mean(),
-                          "gen_tokens_per_episode": g.gen_tokens.mean()})
+                          "gen_tokens_per_episode": g.gen_tokens.mean(),
+                          "episodes_with_env_errors": int((g.env_errors > 0).sum())})
     table = df.groupby(by).apply(agg, include_groups=False).reset_index()
     total = agg(df).to_frame().T
     total.insert(0, by, "all")

@@ -15,6 +15,7 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from . import prompts
+from .artifacts import read_jsonl  # noqa: F401 (re-exported: tests and notebooks import it from here)
 from .envs import TaskRef, TextEnv
 
 SCHEMA_VERSION = 1
@@ -123,6 +124,9 @@ def generate_expert(env, tasks: Iterable[TaskRef], out_path: str | Path, thought
     """
     out_path = Path(out_path)
     failed_path = out_path.with_name(out_path.stem + "_failed.jsonl")  # ids whose gold path did not reach 1.0
+    from .artifacts import repair_jsonl
+    repair_jsonl(out_path)
+    repair_jsonl(failed_path)
     done = {r["id"] for r in read_jsonl(out_path)} if out_path.exists() else set()
     failed = {r["id"] for r in read_jsonl(failed_path)} if failed_path.exists() else set()
     stats = {"kept": len(done), "failed": len(failed), "fallback": 0}
@@ -152,19 +156,6 @@ def generate_expert(env, tasks: Iterable[TaskRef], out_path: str | Path, thought
             f.flush()
             stats["kept"] += 1
     return stats
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    out = []
-    with Path(path).open() as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:  # a torn last line after a crash
-                    break
-    return out
 
 
 def load_eto_sft(path: str | Path) -> list[dict]:

@@ -31,11 +31,21 @@ def local_paraphrase(text: str, i: int) -> str:
     return " ".join(sents)
 
 
+def safe_for_key(url: str) -> bool:
+    """An API key may travel over https, or over plain http to this machine only."""
+    from urllib.parse import urlparse
+    u = urlparse(url)
+    return u.scheme == "https" or (u.scheme == "http" and (u.hostname or "") in ("localhost", "127.0.0.1", "::1"))
+
+
 class OpenAIParaphraser:
     """Paraphrase through an OpenAI-compatible chat-completions endpoint (cached per (text, i))."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 30.0):
         self.url = base_url.rstrip("/") + "/chat/completions"
+        if api_key and not safe_for_key(self.url):
+            raise ValueError(f"refusing to send OPENAI_API_KEY over plain HTTP to {base_url}: use https:// (plain "
+                             f"http is allowed only for localhost)")
         self.model, self.api_key, self.timeout = model, api_key, timeout
         self.cache: dict[tuple[str, int], str] = {}
 

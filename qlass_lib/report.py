@@ -65,6 +65,10 @@ def summarize_run(run_dir: str | Path) -> str:
                             "success_pct_oracle_bestofN", "gen_tokens_per_task", "qnet_tokens_per_task"] if c in t]
         out += ["## Search (first trajectory = no selection; QNet-selected = no reward read; oracle = best of N by "
                 "env outcome)", _md(t[keep])]
+        summ = s5 / "search_summary.json"
+        if summ.is_file() and "env_errors" in json.loads(summ.read_text()):
+            ee = json.loads(summ.read_text())["env_errors"]
+            out += [f"search episodes with an environment exception: {ee['with_env_errors']} of {ee['records']}"]
         if (s5 / "comparisons.csv").is_file():
             out += ["paired differences A - B (reward x100 per task, seeds averaged; bootstrap 95% interval):",
                     _md(pd.read_csv(s5 / "comparisons.csv"), 2)]

@@ -127,6 +127,7 @@ class TreeBuilder:
     def build(self, task: TaskRef, expert_actions: list[str] | None = None, seed: int = 0) -> Tree:
         torch.manual_seed(task_seed(seed, task))
         t0 = time.perf_counter()
+        errors0 = self.env.exceptions
         budget = Budget()
         stats = {"rollouts": 0, "duplicates_rejected": 0, "replay_steps": 0, "replay_mismatches": 0,
                  "expanded": 0, "pruned": 0, "expert_attached": False}
@@ -164,7 +165,7 @@ class TreeBuilder:
         stats.update(nodes=len(tree.nodes), leaves=len(tree.leaves()), max_depth=max(n.depth for n in tree.nodes),
                      nonzero_leaves=sum(1 for n in tree.leaves() if n.score > 0),
                      nonzero_policy_leaves=sum(1 for n in tree.leaves() if n.score > 0 and n.source == "policy"),
-                     env_steps=snap["env_steps"],
+                     env_steps=snap["env_steps"], env_errors=self.env.exceptions - errors0,
                      gen_tokens=snap["gen_tokens"], gen_s=snap["gen_s"], env_s=snap["env_s"],
                      wall_s=time.perf_counter() - t0)
         tree.stats = stats
@@ -250,7 +251,8 @@ def stats_frame(records: list[dict]):
                      "duplicates_rejected": s["duplicates_rejected"], "nonzero_leaves": s["nonzero_leaves"],
                      "nonzero_policy_leaves": s.get("nonzero_policy_leaves", 0),
                      "env_steps": s["env_steps"], "replay_steps": s["replay_steps"],
-                     "replay_mismatches": s["replay_mismatches"], "gen_tokens": s["gen_tokens"],
+                     "replay_mismatches": s["replay_mismatches"], "env_errors": s.get("env_errors", 0),
+                     "gen_tokens": s["gen_tokens"],
                      "gen_s": s["gen_s"], "env_s": s["env_s"], "wall_s": s["wall_s"]})
     return pd.DataFrame(rows)
 

@@ -65,11 +65,13 @@ policy = Policy(model, tokenizer, cfg.model, cfg.bc.max_length, env.name)
 tasks = eval_tasks(env, cfg.env)
 episodes = evaluate(env, tasks, lambda budget: greedy_chooser(policy, budget), out / "eval_episodes.jsonl",
                     desc="greedy eval", example=example)
+from qlass_lib.evaluation import check_env_errors
+env_errors = check_env_errors(episodes, cfg.env.max_error_share, "evaluation episodes")
 table = summarize(episodes)
 table.to_csv(out / "bc_eval.csv", index=False)
 write_json(out / "bc_metrics.json", {"schema_version": 1, "split": cfg.env.eval_split, "per_type": table.to_dict("records"),
                                      "parameters": models.count_parameters(model),
-                                     "train_seconds": result["train_seconds"]})
+                                     "train_seconds": result["train_seconds"], "env_errors": env_errors})
 display(table.round(2))
 plots.bar_by_group(table, "task_type", "mean_reward_x100", out / "bc_eval.png", "greedy BC policy, held out");'''),
     ("code", '''
@@ -103,7 +105,9 @@ expert = ctx.expert_actions() if cfg.tree.attach_expert else {}
 print(f"{len(tasks)} training tasks; D={cfg.tree.depth} W={cfg.tree.width} max rollouts={cfg.tree.max_rollouts} "
       f"T={cfg.tree.sampling.temperature}; expert branches available for {sum(t.id in expert for t in tasks)}")
 builder = TreeBuilder(env, policy, cfg.tree, example=ctx.example())
-records = build_trees(builder, tasks, out / "trees.jsonl", expert, cfg.seed)'''),
+records = build_trees(builder, tasks, out / "trees.jsonl", expert, cfg.seed)
+from qlass_lib.evaluation import check_env_errors
+env_errors = check_env_errors(records, cfg.env.max_error_share, "trees")'''),
     ("md", "## Tree statistics"),
     ("code", '''
 stats = stats_frame(records)
@@ -115,6 +119,7 @@ summary = {
     "share_trees_with_nonzero_leaf": (stats.nonzero_leaves > 0).mean(),
     "share_trees_with_nonzero_policy_leaf": (stats.nonzero_policy_leaves > 0).mean(),
     "env_steps": int(stats.env_steps.sum()), "replay_mismatches": int(stats.replay_mismatches.sum()),
+    "trees_with_env_errors": env_errors["with_env_errors"],
     "gen_tokens": int(stats.gen_tokens.sum()), "gen_s": stats.gen_s.sum(), "env_s": stats.env_s.sum(),
     "wall_s": stats.wall_s.sum()}
 from qlass_lib.artifacts import write_json
@@ -284,7 +289,10 @@ paraphraser = make_paraphraser(cfg.search)
 print(f"{len(tasks)} held-out tasks ({cfg.env.eval_split}); N={cfg.search.n_trajectories} M={cfg.search.m_candidates} "
       f"seeds={cfg.search.seeds}")
 print("paraphrase example:", paraphraser("Your task is to find a(n) animal. First, focus on the thing. Then, move it to the red box in the kitchen.", 1))
-episodes = search.run_suite(env, tasks, policy, qnet, cfg.search, out / "search_episodes.jsonl", paraphraser, ctx.example())'''),
+episodes = search.run_suite(env, tasks, policy, qnet, cfg.search, out / "search_episodes.jsonl", paraphraser, ctx.example())
+from qlass_lib.evaluation import check_env_errors
+env_errors = check_env_errors(episodes, cfg.env.max_error_share, "search episodes")
+print("episodes with an environment exception:", env_errors["with_env_errors"], "of", env_errors["records"])'''),
     ("md", """## Results
 Three selections among the N trajectories: **first** (no selection), **QNet-selected** (the trajectory whose final
 action the QNet values most; no reward read — deployable) and **oracle** (best by environment outcome — the paper's
@@ -358,7 +366,7 @@ write_json(out / "search_summary.json", {"schema_version": 2, "split": cfg.env.e
                                          "seeds": cfg.search.seeds, "results": table.to_dict("records"),
                                          "comparisons": comparisons.to_dict("records"), "budget_ratio": ratios,
                                          "ablation": ablation.to_dict("records"),
-                                         "ablation_comparisons": abl_cmp.to_dict("records")})
+                                         "ablation_comparisons": abl_cmp.to_dict("records"), "env_errors": env_errors})
 env.close()'''),
 ]
 

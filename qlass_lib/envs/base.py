@@ -61,6 +61,7 @@ class TextEnv(abc.ABC):
         self.turns = 0
         self.task: TaskRef | None = None
         self.score = 0.0
+        self.exceptions = 0  # environment exceptions turned into observations (counted per stage, reported)
 
     @abc.abstractmethod
     def tasks(self, split: str) -> list[TaskRef]:
@@ -86,7 +87,8 @@ class TextEnv(abc.ABC):
             obs, score, done, info = self._step(action)
         except EnvError:
             raise
-        except Exception as exc:  # an env exception becomes an observation, never a crash
+        except Exception as exc:  # an env exception becomes an observation, never a crash; it is counted
+            self.exceptions += 1
             obs, score, done, info = f"Error from the environment: {exc}", self.score, False, {"env_exception": repr(exc)}
         reward = score - self.score
         self.score = score

@@ -1,0 +1,99 @@
+"""``python -m qlass_lib``: run the series, check a params file, report a run, benchmark.
+
+Every error a user can cause (params, data, locks, missing runs) is one ``error: ...`` line and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError
+
+_EPILOG = """examples:
+  python -m qlass_lib run params/default.yaml
+  python -m qlass_lib run params/default.yaml --only 02,03 --set tree.width=4 --run-id width4
+  python -m qlass_lib check params/my.yaml --set env.eval_per_type=20
+  python -m qlass_lib report runs/default"""
+
+
+def parse_set(items: list[str]) -> dict:
+    """``['bc.max_steps=200', 'seed=1']`` -> nested overrides (values parsed as YAML scalars)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r} conflicts with another --set of {p!r}")
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+    return out
+
+
+def _stages(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    only = [s.strip().zfill(2) for s in text.split(",")]
+    bad = [s for s in only if not re.fullmatch(r"0[1-5]", s)]
+    if bad:
+        raise ConfigError(f"unknown stages {bad} (stages are 01..05)")
+    return only
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m qlass_lib", description=__doc__, epilog=_EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the notebook series from one params file")
+    r.add_argument("params", help="params YAML file, e.g. params/default.yaml")
+    r.add_argument("--force", action="store_true", help="rerun every selected stage, replacing its results")
+    r.add_argument("--overwrite", default=None, metavar="STAGE",
+                   help="allow replacing the results of STAGE and later stages when the params changed")
+    r.add_argument("--reuse", action="store_true",
+                   help="keep complete stages whose code/packages/upstream changed (recorded in their manifests)")
+    r.add_argument("--only", default=None, help="comma-separated stage numbers, e.g. 01,02")
+    r.add_argument("--run-id", default=None, help="override run_id")
+    r.add_argument("--set", dest="sets", action="append", default=[], help="override a key, e.g. bc.max_steps=200")
+    c = sub.add_parser("check", help="validate a params file and the prerequisites it names")
+    c.add_argument("params")
+    c.add_argument("--set", dest="sets", action="append", default=[], help="override a key, as for run")
+    rp = sub.add_parser("report", help="print a markdown summary of a finished run")
+    rp.add_argument("run_dir", help="e.g. runs/default")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "report":
+            from .report import summarize_run
+            if not (Path(args.run_dir) / "params.json").is_file():
+                raise ConfigError(f"no run at {args.run_dir} (expected a folder written by 'python -m qlass_lib run')")
+            print(summarize_run(args.run_dir))
+            return 0
+        from .pipeline import load_run_config, run
+        if args.cmd == "check":
+            from .context import project_root
+            from .preflight import preflight
+            cfg, _ = load_run_config(args.params, parse_set(args.sets))
+            preflight(cfg, project_root())
+            print(f"{args.params}: ok (run_id={cfg.run_id})")
+            return 0
+        overwrite = _stages(args.overwrite)
+        out = run(args.params, args.force, _stages(args.only), parse_set(args.sets), args.run_id,
+                  overwrite=overwrite[0] if overwrite else None, reuse=args.reuse)
+        print(f"run finished: {out}")
+        return 0
+    except (ConfigError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""What a stage's results depend on, as one hash: its params, the code that computes them, the packages that
+matter, and the artifacts of the stage before it (whose own fingerprint chains the ones before).
+
+A stage is up to date only when its recorded fingerprint equals the one computed now and its files still
+match the checksums its manifest recorded.  A change anywhere upstream therefore reruns every later stage,
+across separate commands.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from .artifacts import versions
+from .config import RunConfig, config_hash
+
+# which config sections each stage reads (a stage also depends on everything upstream, through the chain)
+STAGE_SECTIONS = {"01": ["seed", "env", "expert", "model", "bc"], "02": ["tree"], "03": ["qvalues"],
+                  "04": ["qnet"], "05": ["search"]}
+# packages whose versions can change numbers (a new version reruns the stages)
+NUMERIC_PACKAGES = ("torch", "transformers", "tokenizers", "peft", "bitsandbytes", "scienceworld", "numpy")
+
+
+def source_hash(root: Path) -> str:
+    """sha256 over the library's Python sources (path and content), so any code change shows."""
+    h = hashlib.sha256()
+    for p in sorted((root / "qlass_lib").rglob("*.py")):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+
+
+def package_versions() -> dict:
+    v = versions()
+    return {k: v.get(k) for k in ("python",) + NUMERIC_PACKAGES}
+
+
+def artifacts_hash(manifest: dict | None) -> str:
+    """One hash over a finished stage's recorded artifact checksums ('none' when there is no such stage)."""
+    if not manifest:
+        return "none"
+    return config_hash(manifest.get("artifacts", {}))
+
+
+def params_of(cfg: RunConfig, key: str) -> dict:
+    d = dataclasses.asdict(cfg)
+    return {s: d[s] for s in STAGE_SECTIONS[key]}
+
+
+def stage_fingerprint(cfg: RunConfig, key: str, root: Path, notebook: Path, upstream: dict | None,
+                      code: str | None = None) -> dict:
+    """The parts of stage ``key``'s fingerprint (each a short hash) and their combination under ``"all"``."""
+    parts = {"params": config_hash(params_of(cfg, key)), "code": code or source_hash(root),
+             "notebook": file_hash(notebook), "packages": config_hash(package_versions()),
+             "upstream": config_hash({"fingerprint": (upstream or {}).get("fingerprint", {}).get("all"),
+                                      "artifacts": artifacts_hash(upstream)}) if key != "01" else "none"}
+    parts["all"] = config_hash(parts)
+    return parts
+
+
+def changed_parts(old: dict | None, new: dict) -> list[str]:
+    if not old:
+        return ["(no fingerprint recorded)"]
+    return [k for k in ("params", "code", "notebook", "packages", "upstream") if old.get(k) != new.get(k)]
+
+
+def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested param dicts, as 'key: old -> new'."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        name = f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differing_keys(a, b, name + ".")
+        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
