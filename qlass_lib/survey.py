@@ -1,9 +1,10 @@
 """Task-type survey: which task types give the cloned policy skill that still errs (the regime QLASS is for).
 
-For a finished stage 01 run whose evaluation split is ``dev`` (never ``test``: the survey chooses settings),
-per task type: the expert's gold-path length, the BC policy's greedy reward and success on dev, and its
-per-step error rate under teacher forcing (at each state of a dev expert trajectory, does the greedy action
-equal the expert's?).  ``python -m qlass_lib.survey runs/<run_id>`` writes ``survey/task_types.csv``.
+From the BC policy of a run's stage 01, per task type, on the **dev** split (never test: the survey chooses
+settings): the expert's gold-path length, the policy's greedy reward and success, and its per-step error
+rate under teacher forcing (at each state of a dev expert trajectory, is the greedy action the expert's?
+An action that is also right but differs from the expert's counts as an error, so this is an upper bound).
+``python -m qlass_lib.survey runs/<run_id>`` writes ``survey/task_types.csv`` (resumable).
 """
 from __future__ import annotations
 
@@ -41,23 +42,24 @@ def survey(run_dir: str | Path) -> pd.DataFrame:
     rd = Path(run_dir)
     ctx = RunContext.open(str(rd / "params.json"), str(rd))
     cfg = ctx.cfg
-    if cfg.env.eval_split != "dev":
-        raise SystemExit(f"error: {rd} evaluated on {cfg.env.eval_split!r}; the survey chooses settings, so it runs "
-                         f"only on runs whose env.eval_split is dev")
-    from .envs import eval_tasks, make_env
+    from .agent import greedy_chooser
+    from .envs import make_env, per_type
+    from .evaluation import evaluate
     out = rd / "survey"
     out.mkdir(exist_ok=True)
     env = make_env(cfg.env)
-    tasks = eval_tasks(env, cfg.env)
+    tasks = per_type(env.tasks("dev"), cfg.env.eval_per_type)
     teleport = cfg.env.name == "scienceworld" and "easy" in cfg.env.simplifications.split(",")
     generate_expert(env, tasks, out / "dev_expert.jsonl", cfg.expert.thoughts, cfg.expert.look_on_arrival,
                     teleport=teleport)
     dev = read_jsonl(out / "dev_expert.jsonl")
     policy = ctx.policy(env.name)
+    episodes = evaluate(env, tasks, lambda b: greedy_chooser(policy, b), out / "dev_eval_episodes.jsonl",
+                        desc="dev greedy")
     steps = step_errors(policy, dev)
     steps.to_csv(out / "teacher_forced_steps.csv", index=False)
     train = read_jsonl(rd / STAGES["01"] / "expert.jsonl")
-    evals = pd.DataFrame(read_jsonl(rd / STAGES["01"] / "eval_episodes.jsonl"))
+    evals = pd.DataFrame(episodes)
     rows = []
     for tt in cfg.env.task_types:
         tr = [len(r["actions"]) for r in train if r["task_type"] == tt]
