@@ -188,7 +188,7 @@ def train_bc(model, tokenizer, train_ex: list[Example], val_ex: list[Example], b
     opt = torch.optim.AdamW(params, lr=bc_cfg.learning_rate, weight_decay=bc_cfg.weight_decay, betas=(0.9, 0.98))
     steps_per_epoch = len(make_batches(train_ex, bc_cfg.batch_tokens, random.Random(seed)))
     total = max(1, steps_per_epoch * bc_cfg.max_epochs)
-    max_steps = getattr(bc_cfg, "max_steps", None)
+    max_steps = bc_cfg.max_steps
     if max_steps:
         total = min(total, max_steps)
 

@@ -145,7 +145,7 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
     else:
         for p in backbone:
             p.requires_grad_(False)
-    if train and getattr(cfg, 'init_head', True):
+    if train:
         init_head(qnet, float(np.mean([y for e in train for y, m in zip(e["target_tok"], e["action_mask"]) if m])))
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     rng = random.Random(seed)

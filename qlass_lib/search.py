@@ -44,11 +44,16 @@ def sampling_chooser(policy: Policy, sampling, budget: Budget):
     return choose
 
 
+def action_key(action: str | None, text: str) -> tuple:
+    """What makes two candidates the same: their normalized action, or the raw text when none was parsed."""
+    return ("a", prompts.normalize_action(action)) if action is not None else ("t", text.strip())
+
+
 def distinct(cands: list) -> list[int]:
-    """Indices of the first candidate of each distinct action (the raw text when no action was parsed)."""
+    """Indices of the first candidate of each distinct action."""
     seen, keep = set(), []
     for i, c in enumerate(cands):
-        key = ("a", c.action.strip().lower()) if c.action is not None else ("t", c.text.strip())
+        key = action_key(c.action, c.text)
         if key not in seen:
             seen.add(key)
             keep.append(i)
@@ -144,6 +149,22 @@ def _aug_chooser(policy, qnet, m, sampling, budget, paraphraser, dedup=True):
     return choose
 
 
+def run_ablation(env: TextEnv, tasks: list[TaskRef], policy: Policy, qnets: dict, search_cfg, out_path: str | Path,
+                 example=None) -> list[dict]:
+    """The process-reward ablation: QLASS at the largest M guided by each QNet in ``qnets`` (target -> QNet),
+    ``search.ablation_trajectories`` per task, once per seed; methods are named ``ablation-<target>``."""
+    m = max(search_cfg.m_candidates)
+    eps = []
+    for target, qn in qnets.items():
+        for seed in search_cfg.seeds:
+            eps += run_method(env, tasks, f"ablation-{target}",
+                              lambda b, i, qn=qn: qlass_chooser(policy, qn, m, search_cfg.sampling, b,
+                                                                dedup=search_cfg.dedup_candidates),
+                              search_cfg.ablation_trajectories, out_path, example=example, seed=seed, m=m,
+                              target=target)
+    return eps
+
+
 def case_study(episodes: list[dict], method: str, k: int) -> pd.DataFrame:
     """The first-step candidates of ``k`` tasks with their Q scores (which one was executed)."""
     rows = []
@@ -164,7 +185,7 @@ def candidate_diversity(episodes: list[dict]) -> pd.DataFrame:
     for e in episodes:
         for t in e["turns"]:
             if "candidates" in t:
-                n = len({(c["action"] or c["text"]).strip().lower() for c in t["candidates"]})
+                n = len({action_key(c["action"], c["text"]) for c in t["candidates"]})
                 rows.append({"method": e["method"], "distinct": n})
     if not rows:
         return pd.DataFrame(columns=["method", "steps", "mean_distinct", "share_steps_with_choice"])

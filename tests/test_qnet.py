@@ -154,25 +154,30 @@ def _groups(tok, rooms, seed):
     return exs
 
 
-@pytest.mark.parametrize("loss", ["last_token", "per_token"])
-def test_qnet_trained_on_fixed_groups_beats_random_siblings_on_held_out_ones(tmp_path_factory, loss):
-    """Fails when QNet training (head init, warm-up, loss masks, value read-out, checkpoint selection) does
-    not learn to rank: on held-out rooms the QNet must pick the best sibling far more often than chance and
-    explain most of the target variance on its own training groups."""
+def _ranking_setup(tmp_path_factory, name):
+    """A fresh seeded tiny QNet, and the training and held-out sibling groups."""
     from qlass_lib.config import TinyModelConfig
     from qlass_lib.models import build_tiny, load_model, load_tokenizer
-    from qlass_lib.qnet_train import predict
     corpus = [f"You are in the {r}. Action: {a}" for r in ROOMS for a in VALUES] * 3
-    d = build_tiny(tmp_path_factory.mktemp("qrank"), corpus,
+    d = build_tiny(tmp_path_factory.mktemp(name), corpus,
                    TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300))
     cfg = ModelConfig(device="cpu", bf16=False)
     tok = load_tokenizer(str(d), cfg)
     torch.manual_seed(0)
     q = QNet(load_model(str(d), cfg, train=True), tok, cfg, 256)
-    train, held = _groups(tok, ROOMS[:5], 0), _groups(tok, ROOMS[5:], 1)
+    return q, _groups(tok, ROOMS[:5], 0), _groups(tok, ROOMS[5:], 1)
+
+
+@pytest.mark.parametrize("loss", ["last_token", "per_token"])
+def test_qnet_trained_on_fixed_groups_beats_random_siblings_on_held_out_ones(tmp_path_factory, loss):
+    """Fails when QNet training (head init, warm-up, loss masks, value read-out, checkpoint selection) does
+    not learn to rank: on held-out rooms the QNet must pick the best sibling far more often than chance and
+    explain most of the target variance on its own training groups."""
+    q, train, held = _ranking_setup(tmp_path_factory, "qrank")
     res = train_qnet(q, train, held, QNetConfig(epochs=30, batch_size=9, learning_rate=1e-3, backbone_lr_scale=1.0,
                                                 warmup_steps=5, eval_every=10, loss=loss, select="last"))
     assert res["steps"] == 150 and res["stopped"] == "epochs" and res["selected_step"] == 150
+    from qlass_lib.qnet_train import predict
     m_held, m_train = evaluate_qnet(predict(q, held), held), evaluate_qnet(predict(q, train), train)
     assert m_held["sibling_groups"] == 9 and m_held["sibling_random_baseline"] < 0.4
     assert m_held["sibling_accuracy"] >= m_held["sibling_random_baseline"] + 0.4
@@ -180,19 +185,10 @@ def test_qnet_trained_on_fixed_groups_beats_random_siblings_on_held_out_ones(tmp
 
 
 def test_checkpoint_selection_restores_the_best_validation_step(tmp_path_factory):
-    from qlass_lib.config import TinyModelConfig
-    from qlass_lib.models import build_tiny, load_model, load_tokenizer
-    from qlass_lib.qnet_train import predict
-    corpus = [f"You are in the {r}. Action: {a}" for r in ROOMS for a in VALUES] * 3
-    d = build_tiny(tmp_path_factory.mktemp("qsel"), corpus,
-                   TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300))
-    cfg = ModelConfig(device="cpu", bf16=False)
-    tok = load_tokenizer(str(d), cfg)
-    torch.manual_seed(0)
-    q = QNet(load_model(str(d), cfg, train=True), tok, cfg, 256)
-    train, held = _groups(tok, ROOMS[:5], 0), _groups(tok, ROOMS[5:], 1)
+    q, train, held = _ranking_setup(tmp_path_factory, "qsel")
     res = train_qnet(q, train, held, QNetConfig(epochs=8, batch_size=9, learning_rate=1e-3, backbone_lr_scale=1.0,
                                                 warmup_steps=5, eval_every=5, loss="last_token", select="val_mse"))
+    from qlass_lib.qnet_train import predict
     checks = [h for h in res["history"] if "val_mse" in h]
     best = min(checks, key=lambda h: h["val_mse"])
     assert res["selected_step"] == best["step"] and len(checks) >= 8

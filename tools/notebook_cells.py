@@ -343,15 +343,9 @@ cs.to_csv(out / "case_study.csv", index=False)
 display(cs)'''),
     ("md", "## Process-reward ablation (paper §5.5): QNets trained on different targets guide the same search"),
     ("code", '''
-abl_eps = []
-for target in ["q"] + list(cfg.qnet.ablation_targets):
-    qn = qnet if target == "q" else load_qnet(ctx.run_dir / "04_qnet_training" / f"qnet_{target}", cfg.model)
-    for seed in cfg.search.seeds:
-        abl_eps += search.run_method(env, tasks, f"ablation-{target}",
-                                     lambda b, i, qn=qn: search.qlass_chooser(policy, qn, m_max, cfg.search.sampling, b,
-                                                                              dedup=cfg.search.dedup_candidates),
-                                     cfg.search.ablation_trajectories, out / "ablation_episodes.jsonl",
-                                     example=ctx.example(), seed=seed, m=m_max, target=target)
+qnets = {"q": qnet, **{t: load_qnet(ctx.run_dir / "04_qnet_training" / f"qnet_{t}", cfg.model)
+                      for t in cfg.qnet.ablation_targets}}
+abl_eps = search.run_ablation(env, tasks, policy, qnets, cfg.search, out / "ablation_episodes.jsonl", ctx.example())
 abl_scores = selection.task_scores(abl_eps)
 ablation = selection.results_table(abl_scores)
 ablation.insert(0, "target", ablation.method.str.replace("ablation-", ""))
