@@ -13,6 +13,7 @@ import torch
 from . import prompts
 from .budget import Budget
 from .envs import TaskRef, TextEnv
+from .kvcache import PrefixCache
 from .models import autocast, model_device
 
 
@@ -32,27 +33,49 @@ class Policy:
     max_length: int = 1024
     env_name: str = "scienceworld"
     greedy_max_new_tokens: int = 48
+    prefix: PrefixCache = field(default_factory=PrefixCache, repr=False)
 
     @torch.no_grad()
     def propose(self, state: list[dict], n: int = 1, sampling=None, budget: Budget | None = None) -> list[Candidate]:
-        """``n`` candidate turns for ``state``; greedy when ``sampling`` is None (then n must be 1)."""
+        """``n`` candidate turns for ``state``; greedy when ``sampling`` is None (then n must be 1).
+
+        With ``model.kv_cache`` the prompt's prefix comes from the episode's previous prompt (only the new
+        turn and observation are computed) and its one prefill is shared by all ``n`` samples."""
         tok, model = self.tokenizer, self.model
         max_new = sampling.max_new_tokens if sampling is not None else self.greedy_max_new_tokens
         ids = prompts.encode_prompt(tok, state, self.max_length, reserve=max_new)
         device = model_device(model)
-        input_ids = torch.tensor([ids], device=device)
-        kwargs = dict(max_new_tokens=max_new, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      attention_mask=torch.ones_like(input_ids))
+        rows = n if sampling is not None else 1
+        kwargs = dict(max_new_tokens=max_new, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         if sampling is None:
-            kwargs.update(do_sample=False, num_return_sequences=1)
+            kwargs.update(do_sample=False)
         else:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                          top_k=sampling.top_k, num_return_sequences=n)
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
+        if model.training:
+            self.prefix.reset()  # the model was being trained since the last call: cached keys may be stale
         model.eval()
         ctx = budget.timing("gen") if budget is not None else _null()
         with ctx, autocast(self.model_cfg, device):
+            if getattr(self.model_cfg, "kv_cache", False) and len(ids) > 1:
+                cache = self.prefix.get(ids[:-1], self._extend)
+                if rows > 1:
+                    cache.batch_repeat_interleave(rows)
+                input_ids = torch.tensor([ids] * rows, device=device)
+                kwargs.update(past_key_values=cache, num_return_sequences=1)
+            else:
+                input_ids = torch.tensor([ids], device=device)
+                kwargs.update(num_return_sequences=rows)
+            kwargs["attention_mask"] = torch.ones_like(input_ids)
             out = model.generate(input_ids, **kwargs)
         return [self._candidate(seq, budget) for seq in out[:, input_ids.shape[1]:].tolist()]
+
+    def _extend(self, new_ids: list[int], cache, start: int):
+        """Run the policy on ``new_ids`` after ``start`` cached positions; returns the grown cache."""
+        device = model_device(self.model)
+        x = torch.tensor([new_ids], device=device)
+        att = torch.ones((1, start + len(new_ids)), dtype=torch.long, device=device)
+        out = self.model(input_ids=x, attention_mask=att, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.past_key_values
 
 
     @torch.no_grad()

@@ -105,6 +105,7 @@ class ModelConfig:
     gradient_checkpointing: bool = doc(False, "trade compute for memory during training")
     trust_remote_code: bool = doc(False, "allow model repos to run their own code (off by default)")
     device: str = doc("auto", "'auto', 'cpu' or 'cuda'")
+    kv_cache: bool = doc(True, "reuse the KV cache of an episode's previous prompt and share one prefill among M candidates (policy sampling and QNet scoring)")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from torch import nn
 
 from . import prompts
 from .bc import IGNORE, mask_labels
+from .kvcache import PrefixCache
 from .models import autocast, is_adapter_dir, load_policy, model_device, save_policy
 
 
@@ -48,17 +49,25 @@ class QNet(nn.Module):
         hidden = lm.config.get_text_config().hidden_size if hasattr(lm.config, "get_text_config") else lm.config.hidden_size
         self.head = nn.Sequential(nn.Linear(hidden, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
                                   nn.Linear(1024, 1)).to(model_device(lm))
+        self.prefix = PrefixCache()  # the state prefix of the last scored step (see :meth:`score`)
+
+    def train(self, mode: bool = True):
+        if mode:
+            self.prefix.reset()  # weights may change in training: a cached prefix would be stale
+        return super().train(mode)
 
     @property
     def decoder(self):
         return self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm
 
-    def hidden(self, input_ids, attention_mask, position_ids=None, past_key_values=None):
+    def hidden(self, input_ids, attention_mask, position_ids=None, past_key_values=None, use_cache=None):
         if position_ids is None:
             position_ids = positions(attention_mask)
+        if use_cache is None:
+            use_cache = past_key_values is not None
         with autocast(self.model_cfg, input_ids.device):
             out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               past_key_values=past_key_values, use_cache=past_key_values is not None)
+                               past_key_values=past_key_values, use_cache=use_cache)
         return out.last_hidden_state, getattr(out, "past_key_values", None)
 
     def forward(self, input_ids, attention_mask) -> torch.Tensor:
@@ -101,9 +110,18 @@ class QNet(nn.Module):
         ids, att = pad(enc, self.tokenizer.pad_token_id, side="left")
         return self.values(ids.to(device), att.to(device)).tolist()
 
+    def _extend(self, new_ids: list[int], cache, start: int):
+        device = model_device(self.lm)
+        x = torch.tensor([new_ids], device=device)
+        att = torch.ones((1, start + len(new_ids)), dtype=torch.long, device=device)
+        pos = torch.arange(start, start + len(new_ids), device=device)[None]
+        return self.hidden(x, att, position_ids=pos, past_key_values=cache, use_cache=True)[1]
+
     def _score_shared(self, enc, P: int, device) -> list[float]:
-        prefix = torch.tensor([enc[0][:P]], device=device)
-        _, cache = self.hidden(prefix, torch.ones_like(prefix))
+        if getattr(self.model_cfg, "kv_cache", False):
+            cache = self.prefix.get(enc[0][:P], self._extend)  # the episode's previous steps are not recomputed
+        else:
+            cache = self._extend(enc[0][:P], None, 0)
         if cache is None:
             return self._score_padded(enc, device)
         n = len(enc)

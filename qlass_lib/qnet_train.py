@@ -156,13 +156,17 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
     trainable = {n for n, p in qnet.named_parameters() if p.requires_grad}  # the only weights training changes
     stopped = "epochs"
 
+    # selecting on sibling accuracy needs only the sibling groups whose targets differ: score just those
+    watch = informative_examples(val) if cfg.select == "sibling_accuracy" else val
+    watch = watch or val
+
     def check():
         nonlocal best, best_score, best_step
-        if not val:
+        if not watch:
             return
-        m = evaluate_qnet(predict(qnet, val, cfg.batch_size), val)
+        m = evaluate_qnet(predict(qnet, watch, cfg.batch_size), watch)
         history.append({"step": step, "val_mse": m["mse"], "val_sibling_accuracy": m["sibling_accuracy"],
-                        "val_spearman": m["spearman"], "elapsed_s": time.perf_counter() - t0})
+                        "val_spearman": m["spearman"], "val_scored": len(watch), "elapsed_s": time.perf_counter() - t0})
         qnet.train()
         if cfg.select != "last" and (best_score is None or _selection_score(m, cfg.select) > best_score):
             best_score, best_step = _selection_score(m, cfg.select), step
@@ -220,6 +224,16 @@ def sibling_groups(exs: list[dict]) -> dict[tuple, list[int]]:
     for i, e in enumerate(exs):
         groups.setdefault((e["task"], e["parent"]), []).append(i)
     return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def informative_examples(exs: list[dict]) -> list[dict]:
+    """The examples of sibling groups whose targets differ (all that sibling accuracy looks at)."""
+    keep = []
+    for ids in sibling_groups(exs).values():
+        t = [exs[i]["target"] for i in ids]
+        if max(t) - min(t) >= 1e-9:
+            keep.extend(ids)
+    return [exs[i] for i in sorted(keep)]
 
 
 def evaluate_qnet(pred: np.ndarray, exs: list[dict]) -> dict:

@@ -1,0 +1,95 @@
+"""Prefix KV caching: the same tokens and values as computing every prompt from scratch, whatever ran before."""
+import dataclasses
+
+import pytest
+import torch
+
+from qlass_lib import prompts
+from qlass_lib.agent import Policy
+from qlass_lib.config import ModelConfig, SamplingConfig
+from qlass_lib.kvcache import PrefixCache
+from qlass_lib.qnet import QNet
+
+STEPS = [("Action: look around", "This room is called the kitchen. You see a fridge."),
+         ("Action: go to outside", "You move to the outside."),
+         ("Action: look around", "This outside location is called the outside. You see a tree.")]
+
+
+def _states(task: str):
+    s = prompts.initial_state("scienceworld", task, "You are in the kitchen.")
+    out = [s]
+    for text, obs in STEPS:
+        s = prompts.extend(s, text, obs)
+        out.append(s)
+    return out
+
+
+@pytest.fixture()
+def model(tiny_tok):
+    from qlass_lib.models import load_model
+    tok, path = tiny_tok
+    torch.manual_seed(0)
+    return load_model(str(path), ModelConfig(device="cpu", bf16=False)), tok
+
+
+def _policy(model, kv: bool) -> Policy:
+    m, tok = model
+    return Policy(m, tok, ModelConfig(device="cpu", bf16=False, kv_cache=kv), max_length=512)
+
+
+def test_prefix_cache_extends_only_a_continuation():
+    calls = []
+
+    def extend(ids, cache, start):
+        calls.append((tuple(ids), start))
+        return (cache or ()) + tuple(ids)
+
+    pc = PrefixCache()
+    assert pc.get([1, 2, 3], extend) == (1, 2, 3)
+    assert pc.get([1, 2, 3, 4, 5], extend) == (1, 2, 3, 4, 5)   # continuation: only 4, 5 computed
+    assert pc.get([1, 2, 3, 4, 5], extend) == (1, 2, 3, 4, 5)   # same prefix: nothing computed
+    assert pc.get([1, 9], extend) == (1, 9)                     # not a continuation: from scratch
+    assert calls == [((1, 2, 3), 0), ((4, 5), 3), ((1, 9), 0)]
+    assert pc.stats()["computed_tokens"] == 7 and pc.stats()["reused_tokens"] == 8
+
+
+def test_policy_with_cache_generates_what_it_generates_without(model):
+    states = _states("Find the animal.")
+    plain, cached = _policy(model, False), _policy(model, True)
+    greedy_plain = [plain.propose(s)[0].text for s in states]
+    greedy_cached = [cached.propose(s)[0].text for s in states]
+    assert greedy_cached == greedy_plain
+    assert cached.prefix.stats()["reused_tokens"] > 0  # later steps reuse the earlier prompt's keys
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=12)
+    out = {}
+    for kv, pol in ((False, plain), (True, cached)):
+        torch.manual_seed(3)
+        out[kv] = [[c.text for c in pol.propose(s, 4, sampling)] for s in states]
+    assert out[True] == out[False]  # M samples from one shared prefill, the same draws
+
+
+def test_cached_results_do_not_depend_on_what_ran_before(model):
+    """An episode's tokens are the same from a cold cache and after other episodes (as after a resume)."""
+    a, b = _states("Find the animal."), _states("Find the plant.")
+    cold = _policy(model, True)
+    first = [cold.propose(s)[0].text for s in a]
+    warm = _policy(model, True)
+    for s in b + a[:2]:
+        warm.propose(s)
+    assert [warm.propose(s)[0].text for s in a] == first
+
+
+def test_qnet_scores_with_cache_equal_scores_without(model):
+    m, tok = model
+    cands = ["Action: go to outside", "Action: look around", "Action: open door to outside"]
+    vals = {}
+    for kv in (False, True):
+        torch.manual_seed(0)
+        q = QNet(m, tok, ModelConfig(device="cpu", bf16=False, kv_cache=kv), max_length=512).eval()
+        vals[kv] = [q.score(s, cands) for s in _states("Find the animal.")]
+        if kv:
+            assert q.prefix.stats()["reused_tokens"] > 0
+            q.train()
+            assert q.prefix.ids == []  # training invalidates the cached prefix
+    for x, y in zip(vals[True], vals[False]):
+        assert x == pytest.approx(y, abs=1e-5)
