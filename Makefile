@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test unit smoke venv notebooks lab clean-runs
+.PHONY: run test unit smoke venv browser notebooks lab clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ venv: $(VENV)/.installed
 run: venv
 	$(PY) -m qlass_lib run $(PARAMS)
 
-test: venv
+# Debian's Chromium for the tree inspector's browser test (Playwright drives it; no browser download)
+browser:
+	@command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
+		|| echo "note: could not install chromium (needs root and apt); the inspector's browser test will be skipped"
+
+test: venv browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 unit: venv
@@ -40,7 +46,7 @@ lab: venv
 	$(VENV)/bin/jupyter lab notebooks/
 
 notebooks: venv
-	$(PY) tools/make_notebooks.py
+	$(VENV)/bin/jupytext --sync notebooks/0*.ipynb
 
 clean-runs:
 	rm -rf runs/

@@ -83,12 +83,10 @@ class Policy:
         """One sampled candidate for each of several states, in one left-padded generate call."""
         tok, model = self.tokenizer, self.model
         enc = [prompts.encode_prompt(tok, s, self.max_length, reserve=sampling.max_new_tokens) for s in states]
-        n = max(len(e) for e in enc)
+        from .batching import pad
         device = model_device(model)
-        ids = torch.full((len(enc), n), tok.pad_token_id, dtype=torch.long)
-        att = torch.zeros((len(enc), n), dtype=torch.long)
-        for i, e in enumerate(enc):
-            ids[i, n - len(e):], att[i, n - len(e):] = torch.tensor(e), 1
+        ids, att = pad(enc, tok.pad_token_id, "left")
+        n = ids.shape[1]
         model.eval()
         ctx = budget.timing("gen") if budget is not None else _null()
         with ctx, autocast(self.model_cfg, device):

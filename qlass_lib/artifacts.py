@@ -38,6 +38,30 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+class ResumableLog:
+    """The one resumable JSONL log every stage loop uses (episodes, trees, search trajectories, QNet values).
+
+    Opening repairs a torn last line (what a crash during :func:`append_jsonl` leaves) and reads the keys of
+    the records already there; :meth:`append` flushes one finished record; :meth:`records` reads them back.
+    A loop does ``for item in log.todo(items, key_of_item)`` and appends what it finishes, so a rerun
+    resumes after the last flushed record."""
+
+    def __init__(self, path: str | Path, key):
+        self.path, self.key = Path(path), key
+        repair_jsonl(self.path)
+        self.done = {key(r) for r in read_jsonl(self.path)}
+
+    def todo(self, items, item_key) -> list:
+        return [x for x in items if item_key(x) not in self.done]
+
+    def append(self, record: dict) -> None:
+        append_jsonl(self.path, record)
+        self.done.add(self.key(record))
+
+    def records(self, keep=lambda r: True) -> list[dict]:
+        return [r for r in read_jsonl(self.path) if keep(r)]
+
+
 class ArtifactError(RuntimeError):
     """A damaged artifact: named with its file (and line), never read half."""
 

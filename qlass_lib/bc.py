@@ -9,15 +9,12 @@ loop resumable after a crash.
 from __future__ import annotations
 
 import json
-import math
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from . import prompts
 from .expert import to_messages
@@ -38,10 +35,8 @@ def mask_labels(tokenizer, messages: list[dict], supervise: str = "all") -> tupl
 
     ``supervise='last'`` keeps only the final assistant turn.
     """
-    text, spans = prompts.assistant_spans(tokenizer, messages)
+    text, spans = prompts.assistant_spans(tokenizer, messages, last_only=supervise == "last")
     text = text.rstrip()  # nothing to learn after the last end-of-turn marker
-    if supervise == "last":
-        spans = spans[-1:]
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = []
@@ -101,15 +96,9 @@ def make_batches(examples: list[Example], batch_tokens: int, rng: random.Random)
 
 
 def collate(batch: list[Example], pad_id: int, device) -> dict:
-    n = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), n), IGNORE, dtype=torch.long)
-    att = torch.zeros((len(batch), n), dtype=torch.long)
-    for i, e in enumerate(batch):
-        L = len(e.input_ids)
-        ids[i, :L] = torch.tensor(e.input_ids)
-        labels[i, :L] = torch.tensor(e.labels)
-        att[i, :L] = 1
+    from .batching import pad
+    ids, att = pad([e.input_ids for e in batch], pad_id, "right")
+    labels, _ = pad([e.labels for e in batch], IGNORE, "right")
     return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": att.to(device)}
 
 
@@ -177,77 +166,52 @@ def _load_ckpt(model, opt, ckpt: Path) -> dict | None:
 
 def train_bc(model, tokenizer, train_ex: list[Example], val_ex: list[Example], bc_cfg, model_cfg, out_dir,
              seed: int = 0) -> dict:
-    """Train with AdamW + warm-up/cosine; stop at ``stop_at_loss``, ``max_steps`` or ``max_epochs`` (budgets
-    that reproduce on any machine), or at the ``max_minutes`` wall-clock guard (``stopped == "time"``).
+    """Train with AdamW + warm-up/cosine (:func:`qlass_lib.training.train_loop`); stop at ``stop_at_loss``,
+    ``max_steps`` or ``max_epochs`` (budgets that reproduce on any machine), or at the ``max_minutes``
+    wall-clock guard (``stopped == "time"``).
 
     Resumes from ``out_dir/checkpoint`` when present.  Returns the history (train/val loss per step).
     """
+    from .training import LoopState, Schedule, train_loop
     out_dir = Path(out_dir)
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=bc_cfg.learning_rate, weight_decay=bc_cfg.weight_decay, betas=(0.9, 0.98))
     steps_per_epoch = len(make_batches(train_ex, bc_cfg.batch_tokens, random.Random(seed)))
     total = max(1, steps_per_epoch * bc_cfg.max_epochs)
-    max_steps = bc_cfg.max_steps
-    if max_steps:
-        total = min(total, max_steps)
-
-    def lr_at(step):
-        if step < bc_cfg.warmup_steps:
-            return (step + 1) / bc_cfg.warmup_steps
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
-
-    state = _load_ckpt(model, opt, out_dir / "checkpoint") or {
-        "step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed_s": 0.0, "ema": None, "history": [], "stopped": None}
+    if bc_cfg.max_steps:
+        total = min(total, bc_cfg.max_steps)
+    saved = _load_ckpt(model, opt, out_dir / "checkpoint")
+    for g in opt.param_groups:
+        g["base_lr"] = bc_cfg.learning_rate
+    state = LoopState.from_dict(saved) if saved else LoopState()
     model.train()
-    t_start = time.perf_counter() - state["elapsed_s"]
-    bar = tqdm(total=total, initial=state["step"], desc="behavior cloning")
-    while state["stopped"] is None:
-        batches = make_batches(train_ex, bc_cfg.batch_tokens, random.Random(seed * 1000 + state["epoch"]))
-        for bi in range(state["batch_in_epoch"], len(batches)):
-            for g in opt.param_groups:
-                g["lr"] = bc_cfg.learning_rate * lr_at(state["step"])
-            loss, n = action_loss(model, collate(batches[bi], tokenizer.pad_token_id, device), model_cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            state["step"] += 1
-            state["batch_in_epoch"] = bi + 1
-            lv = loss.item()
-            state["ema"] = lv if state["ema"] is None else 0.9 * state["ema"] + 0.1 * lv
-            rec = {"step": state["step"], "epoch": state["epoch"], "train_loss": lv, "train_ema": state["ema"],
-                   "tokens": n, "elapsed_s": time.perf_counter() - t_start}
-            if state["step"] % bc_cfg.eval_every == 0:
-                rec["val_loss"] = validation_loss(model, val_ex, tokenizer, model_cfg, bc_cfg.batch_tokens)
-            state["history"].append(rec)
-            bar.update(1)
-            bar.set_postfix(loss=f"{state['ema']:.3f}")
-            state["elapsed_s"] = rec["elapsed_s"]
-            if state["step"] >= bc_cfg.warmup_steps and state["ema"] < bc_cfg.stop_at_loss:
-                state["stopped"] = "target_loss"
-            elif max_steps and state["step"] >= max_steps:
-                state["stopped"] = "steps"
-            elif state["elapsed_s"] > bc_cfg.max_minutes * 60:
-                state["stopped"] = "time"
-            if state["stopped"] or state["step"] % bc_cfg.save_every == 0:
-                _save_ckpt(model, opt, state, out_dir / "checkpoint")
-            if state["stopped"]:
-                break
-        else:
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-            if state["epoch"] >= bc_cfg.max_epochs:
-                state["stopped"] = "epochs"
-    bar.close()
+
+    def loss_fn(batch):
+        loss, n = action_loss(model, collate(batch, tokenizer.pad_token_id, device), model_cfg)
+        return loss, {"tokens": n}
+
+    def after_step(st: LoopState, rec: dict):
+        rec["train_ema"] = st.ema
+        if st.step % bc_cfg.eval_every == 0:
+            rec["val_loss"] = validation_loss(model, val_ex, tokenizer, model_cfg, bc_cfg.batch_tokens)
+        if st.step >= bc_cfg.warmup_steps and st.ema < bc_cfg.stop_at_loss:
+            return "target_loss"
+        return None
+
+    state = train_loop(opt, lambda epoch: make_batches(train_ex, bc_cfg.batch_tokens, random.Random(seed * 1000 + epoch)),
+                       loss_fn, Schedule(total, bc_cfg.max_epochs, bc_cfg.max_steps, bc_cfg.max_minutes,
+                                       bc_cfg.warmup_steps, 0),
+                       state, after_step, lambda st: _save_ckpt(model, opt, st.to_dict(), out_dir / "checkpoint"),
+                       bc_cfg.save_every, desc="behavior cloning")
     final_val = validation_loss(model, val_ex, tokenizer, model_cfg, bc_cfg.batch_tokens)
-    state["history"].append({"step": state["step"], "epoch": state["epoch"], "val_loss": final_val,
-                             "elapsed_s": state["elapsed_s"]})
-    _save_ckpt(model, opt, state, out_dir / "checkpoint")
+    state.history.append({"step": state.step, "epoch": state.epoch, "val_loss": final_val,
+                          "elapsed_s": state.elapsed_s})
+    _save_ckpt(model, opt, state.to_dict(), out_dir / "checkpoint")
     model.eval()
-    return {"history": state["history"], "stopped": state["stopped"], "steps": state["step"],
-            "epochs": state["epoch"], "train_seconds": state["elapsed_s"], "final_val_loss": final_val,
-            "final_train_ema": state["ema"]}
+    return {"history": state.history, "stopped": state.stopped, "steps": state.step,
+            "epochs": state.epoch, "train_seconds": state.elapsed_s, "final_val_loss": final_val,
+            "final_train_ema": state.ema}
 
 
 def pretrain_tiny(cfg, base: str, records: list[dict], out_dir) -> str:

@@ -17,7 +17,9 @@ _EPILOG = """examples:
   python -m qlass_lib run params/default.yaml
   python -m qlass_lib run params/default.yaml --only 02,03 --set tree.width=4 --run-id width4
   python -m qlass_lib check params/my.yaml --set env.eval_per_type=20
-  python -m qlass_lib report runs/default"""
+  python -m qlass_lib report runs/default
+  python -m qlass_lib bench runs/default
+  python -m qlass_lib inspect runs/default"""
 
 
 def parse_set(items: list[str]) -> dict:
@@ -69,8 +71,29 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--set", dest="sets", action="append", default=[], help="override a key, as for run")
     rp = sub.add_parser("report", help="print a markdown summary of a finished run")
     rp.add_argument("run_dir", help="e.g. runs/default")
+    b = sub.add_parser("bench", help="time the hot path (M candidates vs one, KV cache, QNet scoring) on a run")
+    b.add_argument("run_dir", help="a run with stage 01 done, e.g. runs/default")
+    b.add_argument("--states", type=int, default=60, help="evaluation-episode states to replay")
+    b.add_argument("--m", type=int, default=4, help="candidates per state")
+    b.add_argument("--search-tasks", type=int, default=0,
+                   help="also time the search stage on this many held-out tasks, with and without the KV cache")
+    ins = sub.add_parser("inspect", help="write runs/<id>/inspector.html: every tree, Q targets, QNet predictions")
+    ins.add_argument("run_dir", help="a run with stage 02 done, e.g. runs/default")
+    ins.add_argument("--no-qnet", action="store_true", help="leave out the QNet's predictions")
     args = ap.parse_args(argv)
     try:
+        if args.cmd == "inspect":
+            from .inspector import write_html
+            if not (Path(args.run_dir) / "02_tree_construction" / "trees.jsonl").is_file():
+                raise ConfigError(f"no trees in {args.run_dir} (run stage 02 first)")
+            print(f"wrote {write_html(args.run_dir, qnet=not args.no_qnet)}")
+            return 0
+        if args.cmd == "bench":
+            from .bench import bench, markdown
+            if not (Path(args.run_dir) / "params.json").is_file():
+                raise ConfigError(f"no run at {args.run_dir} (expected a folder written by 'python -m qlass_lib run')")
+            print(markdown(bench(args.run_dir, args.states, args.m, search_tasks=args.search_tasks)))
+            return 0
         if args.cmd == "report":
             from .report import summarize_run
             if not (Path(args.run_dir) / "params.json").is_file():

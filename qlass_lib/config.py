@@ -157,7 +157,7 @@ class QValueConfig:
 class QNetConfig:
     max_length: int = doc(1024, "token cap per (state, action) example", ge=16)
     learning_rate: float = doc(1e-3, "learning rate", gt=0)
-    backbone_lr_scale: float = doc(0.1, "backbone lr = learning_rate * this (0 freezes the backbone)", ge=0)
+    backbone_lr_scale: float = doc(0.1, "backbone lr = learning_rate * this (0 freezes the backbone: with loss last_token its features are computed once and only the head trains, fast)", ge=0)
     epochs: int = doc(10, "epochs over the QNet dataset", ge=1)
     max_steps: Optional[int] = doc(None, "optimizer-step cap (None = epochs decide)", ge=1)
     warmup_steps: int = doc(10, "linear learning-rate warm-up steps (then cosine decay to 10%)", ge=0)

@@ -10,6 +10,7 @@ import torch
 
 from .config import RunConfig, load_config
 from .models import quiet_hf
+from .paths import project_root
 
 STAGES = {
     "01": "01_behavior_cloning",
@@ -18,10 +19,6 @@ STAGES = {
     "04": "04_qnet_training",
     "05": "05_guided_search",
 }
-
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
 
 
 def seed_everything(seed: int) -> None:
@@ -33,7 +30,7 @@ def seed_everything(seed: int) -> None:
 def absolutize(cfg: RunConfig, root: Path) -> RunConfig:
     """Make the path-valued params absolute (relative paths are taken from the project root), so that
     notebooks, whose working directory is notebooks/, read the same files as the runner."""
-    from .preflight import looks_like_path, resolve_path
+    from .paths import looks_like_path, resolve_path
 
     def fix(p):
         return None if p is None else str(resolve_path(p, root).resolve())
@@ -99,5 +96,5 @@ class RunContext:
 
     def resolve(self, path: str | None) -> Path | None:
         """A user path from params: relative paths are taken from the project root."""
-        from .preflight import resolve_path
+        from .paths import resolve_path
         return None if path is None else resolve_path(path, project_root())

@@ -8,7 +8,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .agent import Chooser, run_episode
-from .artifacts import append_jsonl, read_jsonl, repair_jsonl
+from .artifacts import ResumableLog
 from .budget import Budget
 from .envs import TaskRef, TextEnv
 
@@ -16,15 +16,14 @@ from .envs import TaskRef, TextEnv
 def evaluate(env: TextEnv, tasks: list[TaskRef], make_chooser: Callable[[Budget], Chooser], out_path: str | Path,
              desc: str = "evaluate", example=None, tag: dict | None = None) -> list[dict]:
     """One episode per task; each finished episode is appended to ``out_path`` and skipped on rerun."""
-    repair_jsonl(out_path)
-    done = {r["task"] for r in read_jsonl(out_path)}
-    for task in tqdm([t for t in tasks if t.id not in done], desc=desc):
+    log = ResumableLog(out_path, key=lambda r: r["task"])
+    for task in tqdm(log.todo(tasks, lambda t: t.id), desc=desc):
         budget = Budget()
         ep = run_episode(env, task, make_chooser(budget), budget, example)
-        append_jsonl(out_path, {**(tag or {}), **ep.to_dict(), "task_type": task.task_type,
-                                "variation": task.variation, "budget": budget.snapshot()})
+        log.append({**(tag or {}), **ep.to_dict(), "task_type": task.task_type, "variation": task.variation,
+                    "budget": budget.snapshot()})
     wanted = {t.id for t in tasks}
-    return [r for r in read_jsonl(out_path) if r["task"] in wanted]
+    return log.records(lambda r: r["task"] in wanted)
 
 
 def check_env_errors(records: list[dict], max_share: float, what: str) -> dict:

@@ -84,12 +84,14 @@ def build_tiny(out_dir: str | Path, corpus: Iterable[str], tiny_cfg, seed: int =
 
 
 def _resolve(name_or_path: str) -> str:
-    """A local path must exist (one clear error); anything else is treated as a hub id."""
-    p = Path(name_or_path).expanduser()
-    looks_local = name_or_path.startswith((".", "/", "~")) or p.exists() or name_or_path.count("/") > 1
-    if looks_local and not p.exists():
-        raise FileNotFoundError(f"model path not found: {p}")
-    return str(p) if looks_local else name_or_path
+    """A local path must exist (one clear error); anything else is treated as a hub id (see :mod:`.paths`)."""
+    from .paths import looks_like_path, resolve_path
+    if looks_like_path(name_or_path):
+        p = resolve_path(name_or_path) if not Path(name_or_path).expanduser().exists() else Path(name_or_path).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"model path not found: {p}")
+        return str(p)
+    return name_or_path
 
 
 def check_4bit(model_cfg) -> None:

@@ -11,21 +11,10 @@ import shutil
 from pathlib import Path
 
 from .config import ConfigError, RunConfig
+from .paths import looks_like_path, resolve_path  # noqa: F401 (the one path rule; re-exported)
 
 WEBSHOP_FILES = ("resources_1k_documents.jsonl", "items_ins_v2_1000.json")
 WEBSHOP_TYPES = ("webshop", "webshop-human")
-
-
-def resolve_path(p: str, root: Path) -> Path:
-    """The one rule for user paths in params: ``~`` expands, relative paths are taken from the project root."""
-    q = Path(p).expanduser()
-    return q if q.is_absolute() else root / q
-
-
-def looks_like_path(name: str, root: Path) -> bool:
-    """A model name is a local path when it starts like one, exists, or has more than one '/' (hub ids have one)."""
-    return name.startswith((".", "/", "~")) or (root / name).exists() or Path(name).expanduser().exists() \
-        or name.count("/") > 1
 
 
 def scienceworld_task_names() -> list[str]:

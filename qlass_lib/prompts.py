@@ -124,17 +124,25 @@ def fit(tokenizer, messages: list[dict], max_tokens: int, reserve: int = 0, add_
 
 
 def encode_prompt(tokenizer, state: list[dict], max_tokens: int, reserve: int) -> list[int]:
-    """Token ids of the generation prompt for ``state``, at most ``max_tokens - reserve`` long (left-truncated)."""
-    msgs = fit(tokenizer, state, max_tokens, reserve)
-    ids = tokenizer(render(tokenizer, msgs, True), add_special_tokens=False)["input_ids"]
+    """Token ids of the generation prompt for ``state``, at most ``max_tokens - reserve`` long (left-truncated).
+
+    The same turns as :func:`fit` keeps, tokenized once when the state fits (the usual case)."""
+    msgs = list(state)
+    while True:
+        ids = tokenizer(render(tokenizer, msgs, True), add_special_tokens=False)["input_ids"]
+        if len(ids) + reserve <= max_tokens or len(msgs) < 4:
+            break
+        del msgs[1:3]
     return ids[-(max_tokens - reserve):]
 
 
-def assistant_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """Full rendered text and the character span of every assistant turn (content + end-of-turn marker)."""
+def assistant_spans(tokenizer, messages: Sequence[dict], last_only: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    """Full rendered text and the character span of every assistant turn (content + end-of-turn marker);
+    with ``last_only`` just the last one's (two renderings instead of two per turn)."""
     spans = []
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     for i, m in enumerate(messages):
-        if m["role"] == "assistant":
+        if m["role"] == "assistant" and (not last_only or i == turns[-1]):
             start = len(render(tokenizer, messages[:i], True))
             text = render(tokenizer, messages[: i + 1], False)
             end = len(text.rstrip())  # content + end-of-turn marker, without trailing newlines

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import prompts
+from .batching import pad
 from .bc import IGNORE, mask_labels
 from .kvcache import PrefixCache
 from .models import autocast, is_adapter_dir, load_policy, model_device, save_policy
@@ -159,18 +160,6 @@ def _common_prefix(seqs: list[list[int]]) -> int:
         if any(s[i] != t for s in seqs[1:]):
             return i
     return n
-
-
-def pad(seqs: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    att = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if side == "right":
-            ids[i, :len(s)], att[i, :len(s)] = torch.tensor(s), 1
-        else:
-            ids[i, n - len(s):], att[i, n - len(s):] = torch.tensor(s), 1
-    return ids, att
 
 
 def from_policy(policy_dir: str | Path, model_cfg, max_length: int, train: bool = True) -> QNet:

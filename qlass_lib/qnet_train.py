@@ -1,7 +1,6 @@
 """Training and evaluation of the QNet on the exported (state, candidate, target) dataset."""
 from __future__ import annotations
 
-import math
 import random
 import time
 from pathlib import Path
@@ -9,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .artifacts import read_jsonl
 from .models import model_device
@@ -86,6 +84,31 @@ def load_path_examples(qnet: QNet, path: str | Path, target: str = "q") -> list[
     return out
 
 
+def node_records(path: str | Path, target: str = "q") -> list[dict]:
+    """(task, node, parent, target) of every (state, candidate) record, without tokenizing anything."""
+    return [{"task": r["task"], "node": r["node"], "parent": r["parent"], "target": float(r["targets"][target])}
+            for r in read_jsonl(path)]
+
+
+@torch.no_grad()
+def predict_paths(qnet: QNet, path_exs: list[dict], batch_size: int = 16) -> dict[tuple, float]:
+    """The value of every labeled node of path-packed examples, one forward pass per path: (task, node) -> value.
+    The same context as the node's own example (see :func:`load_path_examples`), at a fraction of the cost."""
+    qnet.eval()
+    device = model_device(qnet.lm)
+    out: dict[tuple, float] = {}
+    order = sorted(range(len(path_exs)), key=lambda i: len(path_exs[i]["ids"]))
+    for i in range(0, len(order), batch_size):
+        chunk = order[i:i + batch_size]
+        b = _batch([path_exs[j] for j in chunk], qnet.tokenizer.pad_token_id, device)
+        v = qnet.forward(b["input_ids"], b["attention_mask"])
+        for r, j in enumerate(chunk):
+            pos = b["last_mask"][r].nonzero().flatten().tolist()
+            for node, p in zip(path_exs[j]["nodes"], pos):
+                out[(path_exs[j]["task"], node)] = float(v[r, p])
+    return out
+
+
 def _batch(exs: list[dict], pad_id: int, device) -> dict:
     ids, att = pad([e["ids"] for e in exs], pad_id, "right")
     am, _ = pad([e["action_mask"] for e in exs], 0, "right")
@@ -110,17 +133,31 @@ def predict(qnet: QNet, exs: list[dict], batch_size: int = 16) -> np.ndarray:
     return pred
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
 def _selection_score(metrics: dict, kind: str) -> tuple:
     """Higher is better; ties on sibling accuracy are broken by validation MSE."""
     acc = metrics["sibling_accuracy"]
     acc = -1.0 if acc != acc else acc  # nan: no sibling group with different targets
     return (acc, -metrics["mse"]) if kind == "sibling_accuracy" else (-metrics["mse"],)
+
+
+@torch.no_grad()
+def last_token_features(qnet: QNet, exs: list[dict], batch_size: int = 16):
+    """Backbone hidden states at the last token of every labeled action, their targets, and each example's
+    rows: with a frozen backbone these never change, so they are computed once and only the head trains."""
+    qnet.eval()
+    device = model_device(qnet.lm)
+    feats, ys, rows = [], [], [[] for _ in exs]
+    order = sorted(range(len(exs)), key=lambda i: len(exs[i]["ids"]))
+    for i in range(0, len(order), batch_size):
+        chunk = order[i:i + batch_size]
+        b = _batch([exs[j] for j in chunk], qnet.tokenizer.pad_token_id, device)
+        h, _ = qnet.hidden(b["input_ids"], b["attention_mask"])
+        for r, j in enumerate(chunk):
+            for pos in b["last_mask"][r].nonzero().flatten().tolist():
+                rows[j].append(len(feats))
+                feats.append(h[r, pos].float())
+                ys.append(b["target_tok"][r, pos])
+    return torch.stack(feats), torch.stack(ys).float(), rows
 
 
 def init_head(qnet: QNet, mean_target: float) -> None:
@@ -132,10 +169,12 @@ def init_head(qnet: QNet, mean_target: float) -> None:
 
 
 def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 0) -> dict:
-    """AdamW on head (lr) and backbone (lr * backbone_lr_scale) with warm-up and cosine decay; per-token or
-    last-token MSE.  Stops at ``max_steps`` or after ``epochs`` (``max_minutes`` is only a guard).  Every
-    ``eval_every`` steps the validation trees are scored and, with ``select`` other than ``last``, the best
-    checkpoint (sibling accuracy, then MSE) is kept and restored at the end."""
+    """AdamW on head (lr) and backbone (lr * backbone_lr_scale) with warm-up and cosine decay
+    (:func:`qlass_lib.training.train_loop`); per-token or last-token MSE.  Stops at ``max_steps`` or after
+    ``epochs`` (``max_minutes`` is only a guard).  Every ``eval_every`` steps the validation trees are scored
+    and, with ``select`` other than ``last``, the best checkpoint (sibling accuracy, then MSE) is kept and
+    restored at the end."""
+    from .training import LoopState, Schedule, train_loop
     device = model_device(qnet.lm)
     backbone = [p for p in qnet.lm.parameters() if p.requires_grad]
     groups = [{"params": list(qnet.head.parameters()), "lr": cfg.learning_rate, "base_lr": cfg.learning_rate}]
@@ -151,68 +190,71 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
     rng = random.Random(seed)
     per_epoch = sum(-(-len(c) // cfg.batch_size) for c in _chunks(list(range(len(train))), cfg.batch_size))
     total = min(cfg.max_steps or 10**9, max(1, per_epoch * cfg.epochs))
-    history, t0, step = [], time.perf_counter(), 0
     best, best_score, best_step = None, None, 0
     trainable = {n for n, p in qnet.named_parameters() if p.requires_grad}  # the only weights training changes
-    stopped = "epochs"
-
     # selecting on sibling accuracy needs only the sibling groups whose targets differ: score just those
     watch = informative_examples(val) if cfg.select == "sibling_accuracy" else val
     watch = watch or val
+    t0 = time.perf_counter()
+    # a frozen backbone with the last-token loss: features once, then the head trains on them (fast)
+    cached = cfg.backbone_lr_scale == 0 and cfg.loss == "last_token" and bool(train)
+    if cached:
+        feats, ys, rows = last_token_features(qnet, train, cfg.batch_size)
+        watch_feats = last_token_features(qnet, watch, cfg.batch_size)[0] if watch else None
 
-    def check():
+    def check(step: int) -> list[dict]:
+        """Score the watched validation examples; keep the best checkpoint; the history entry (none without
+        validation data)."""
         nonlocal best, best_score, best_step
         if not watch:
-            return
-        m = evaluate_qnet(predict(qnet, watch, cfg.batch_size), watch)
-        history.append({"step": step, "val_mse": m["mse"], "val_sibling_accuracy": m["sibling_accuracy"],
-                        "val_spearman": m["spearman"], "val_scored": len(watch), "elapsed_s": time.perf_counter() - t0})
+            return []
+        if cached:
+            with torch.no_grad():
+                pred = qnet.head(watch_feats).squeeze(-1).cpu().numpy()
+        else:
+            pred = predict(qnet, watch, cfg.batch_size)
+        m = evaluate_qnet(pred, watch)
+        rec = {"step": step, "val_mse": m["mse"], "val_sibling_accuracy": m["sibling_accuracy"],
+               "val_spearman": m["spearman"], "val_scored": len(watch), "elapsed_s": time.perf_counter() - t0}
         qnet.train()
         if cfg.select != "last" and (best_score is None or _selection_score(m, cfg.select) > best_score):
             best_score, best_step = _selection_score(m, cfg.select), step
             best = {k: v.detach().clone() for k, v in qnet.state_dict().items() if k in trainable}
+        return [rec]
 
-    check()  # step 0: the initialized head on the BC backbone
-    bar = tqdm(total=total, desc="qnet training", leave=False)
-    for epoch in range(cfg.epochs):
-        qnet.train()
+    def epoch_batches(epoch: int) -> list:
         idx = list(range(len(train)))
         rng.shuffle(idx)
         # bucket by length inside chunks to limit padding
         chunks = [sorted(c, key=lambda j: len(train[j]["ids"])) for c in _chunks(idx, cfg.batch_size)]
         batches = [c[i:i + cfg.batch_size] for c in chunks for i in range(0, len(c), cfg.batch_size)]
         rng.shuffle(batches)
-        for b in batches:
-            for g in groups:
-                g["lr"] = g["base_lr"] * _lr_factor(step, cfg.warmup_steps, total)
-            loss = qnet.loss(_batch([train[j] for j in b], qnet.tokenizer.pad_token_id, device), cfg.loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-            opt.step()
-            step += 1
-            bar.update(1)
-            history.append({"step": step, "epoch": epoch, "train_loss": loss.item(),
-                            "elapsed_s": time.perf_counter() - t0})
-            if step % cfg.eval_every == 0:
-                check()
-            if step >= total:
-                stopped = "steps" if cfg.max_steps and step >= cfg.max_steps else "epochs"
-                break
-            if time.perf_counter() - t0 > cfg.max_minutes * 60:
-                stopped = "time"
-                break
-        if stopped in ("time", "steps") or step >= total:
-            break
-    bar.close()
-    if step % cfg.eval_every:
-        check()
+        return batches
+
+    def loss_fn(b):
+        if cached:
+            idx = [k for j in b for k in rows[j]]
+            return ((qnet.head(feats[idx]).squeeze(-1) - ys[idx]) ** 2).mean(), {}
+        return qnet.loss(_batch([train[j] for j in b], qnet.tokenizer.pad_token_id, device), cfg.loss), {}
+
+    def after_step(st: LoopState, rec: dict):
+        if st.step % cfg.eval_every == 0:
+            st.history += check(st.step)
+        return None
+
+    history = check(0)  # step 0: the initialized head on the BC backbone
+    qnet.train()
+    state = train_loop(opt, epoch_batches, loss_fn, Schedule(total, cfg.epochs, cfg.max_steps, cfg.max_minutes,
+                                                             cfg.warmup_steps, cfg.warmup_steps),
+                       LoopState(history=history), after_step, desc="qnet training", leave=False)
+    if state.step % cfg.eval_every:
+        state.history += check(state.step)
     if best is not None:
         qnet.load_state_dict(best, strict=False)
     qnet.eval()
-    return {"history": history, "steps": step, "stopped": stopped, "train_seconds": time.perf_counter() - t0,
-            "train_examples": len(train), "val_examples": len(val), "selected_step": best_step if best else step,
-            "select": cfg.select}
+    return {"history": state.history, "steps": state.step, "stopped": state.stopped,
+            "train_seconds": time.perf_counter() - t0, "train_examples": len(train), "val_examples": len(val),
+            "selected_step": best_step if best else state.step, "select": cfg.select}
 
 
 def _chunks(idx: list[int], batch_size: int) -> list[list[int]]:
@@ -240,7 +282,8 @@ def evaluate_qnet(pred: np.ndarray, exs: list[dict]) -> dict:
     """MSE, Spearman correlation, and sibling accuracy next to its random baseline.
 
     Sibling accuracy: among parents with >= 2 children whose targets differ, the share where the child with
-    the highest prediction is one of the best-target children; the random baseline picks a child uniformly.
+    the highest prediction is one of the best-target children (children tied at the highest prediction share
+    the credit, so a constant predictor scores the random baseline); the random baseline picks a child uniformly.
     """
     from scipy.stats import spearmanr
     tgt = np.array([e["target"] for e in exs])
@@ -254,7 +297,8 @@ def evaluate_qnet(pred: np.ndarray, exs: list[dict]) -> dict:
         if t.max() - t.min() < 1e-9:
             continue
         best = set(np.flatnonzero(np.abs(t - t.max()) < 1e-9))
-        hits += float(int(np.argmax(pred[ids])) in best)
+        top = np.flatnonzero(pred[ids] >= pred[ids].max() - 1e-12)  # tied predictions share the credit
+        hits += sum(int(i) in best for i in top) / len(top)
         base += len(best) / len(ids)
         n += 1
     out.update(sibling_groups=n, sibling_accuracy=hits / n if n else float("nan"),
@@ -295,8 +339,16 @@ def fit_qnet(cfg, policy_dir: str | Path, data_dir: str | Path, out_dir: str | P
     val = load_examples(qnet, data_dir / "qnet_val.jsonl", target)
     pred = predict(qnet, val, cfg.qnet.batch_size)
     metrics = {"target": target, **evaluate_qnet(pred, val)}
-    train_nodes = load_examples(qnet, data_dir / "qnet_train.jsonl", target)  # does it fit its own trees?
-    fit = evaluate_qnet(predict(qnet, train_nodes, cfg.qnet.batch_size), train_nodes)
+    paths = data_dir / "qnet_paths_train.jsonl"
+    if paths.is_file():  # does it fit its own trees? (one forward pass per path)
+        train_nodes = node_records(data_dir / "qnet_train.jsonl", target)
+        values = predict_paths(qnet, load_path_examples(qnet, paths, target), cfg.qnet.batch_size)
+        train_nodes = [n for n in train_nodes if (n["task"], n["node"]) in values]
+        train_pred = np.array([values[(n["task"], n["node"])] for n in train_nodes])
+    else:
+        train_nodes = load_examples(qnet, data_dir / "qnet_train.jsonl", target)
+        train_pred = predict(qnet, train_nodes, cfg.qnet.batch_size)
+    fit = evaluate_qnet(train_pred, train_nodes)
     metrics.update({f"train_{k}": fit[k] for k in ("mse", "target_variance", "r2", "spearman", "sibling_accuracy",
                                                    "sibling_random_baseline")})
     metrics.update(steps=result["steps"], selected_step=result.get("selected_step"), select=result.get("select"),

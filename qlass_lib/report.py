@@ -35,48 +35,50 @@ def summarize_run(run_dir: str | Path) -> str:
         out += ["## Stage wall times", _md(w), f"total: {w.wall_s.sum():.0f} s"]
     if guards:
         out += ["**Warning: stopped on a wall-clock guard (numbers depend on this machine's speed):** " + ", ".join(guards)]
-    s1 = rd / STAGES["01"]
-    if (s1 / "expert_stats.json").is_file():
-        st = json.loads((s1 / "expert_stats.json").read_text())
+    from .stages import stage_module
+    r1 = stage_module("01").load(rd / STAGES["01"])
+    if "expert_stats" in r1:
+        st = r1["expert_stats"]
         out += ["## Expert trajectories", f"{st['kept']} of {st['tasks']} training tasks kept "
                 f"({100 * st['success_rate']:.1f}%: replay reached the full score), {st['failed']} failed"]
-    if (s1 / "bc_eval.csv").is_file():
-        res = json.loads((s1 / "bc_result.json").read_text())
-        met = json.loads((s1 / "bc_metrics.json").read_text())
+    if {"table", "train", "metrics"} <= set(r1):
+        res, met = r1["train"], r1["metrics"]
         out += ["## Behavior cloning", f"parameters {met['parameters']:,}; trained {res['train_seconds']:.0f} s, "
                 f"{res['steps']} steps, {res['epochs']} epochs, stopped by {res['stopped']}; final train EMA loss "
                 f"{res['final_train_ema']:.3f}, validation loss {res['final_val_loss']:.3f}; "
-                f"{res['train_tasks']} expert trajectories", _md(pd.read_csv(s1 / "bc_eval.csv"))]
-    s2 = rd / STAGES["02"]
-    if (s2 / "tree_summary.json").is_file():
-        out += ["## Trees", _md(pd.DataFrame([json.loads((s2 / "tree_summary.json").read_text())]), 3)]
-    s3 = rd / STAGES["03"]
-    if (s3 / "q_summary.json").is_file():
-        out += ["## Q values", _md(pd.DataFrame([json.loads((s3 / "q_summary.json").read_text())]), 3)]
-    s4 = rd / STAGES["04"]
-    if (s4 / "qnet_metrics.csv").is_file():
-        out += ["## QNet (held-out trees)", _md(pd.read_csv(s4 / "qnet_metrics.csv"), 3),
-                "calibration (q):", _md(pd.read_csv(s4 / "calibration.csv"), 3)]
-    s5 = rd / STAGES["05"]
-    if (s5 / "results.csv").is_file():
-        t = pd.read_csv(s5 / "results.csv")
+                f"{res['train_tasks']} expert trajectories; evaluated on the {met.get('split', '?')} split",
+                _md(r1["table"])]
+    r2 = stage_module("02").load(rd / STAGES["02"])
+    if "summary" in r2:
+        out += ["## Trees", _md(pd.DataFrame([r2["summary"]]), 3)]
+    r3 = stage_module("03").load(rd / STAGES["03"])
+    if "summary" in r3:
+        out += ["## Q values", _md(pd.DataFrame([r3["summary"]]), 3)]
+    r4 = stage_module("04").load(rd / STAGES["04"])
+    if "table" in r4:
+        out += ["## QNet (held-out trees)", _md(r4["table"], 3)]
+        if "calibration" in r4:
+            out += ["calibration (q):", _md(r4["calibration"], 3)]
+    r5 = stage_module("05").load(rd / STAGES["05"])
+    if "table" in r5:
+        t = r5["table"]
         keep = [c for c in ["method", "tasks", "seeds", "N", "reward_x100_first", "success_pct_first",
                             "reward_x100_qnet_selected", "success_pct_qnet_selected", "reward_x100_oracle_bestofN",
                             "success_pct_oracle_bestofN", "gen_tokens_per_task", "qnet_tokens_per_task"] if c in t]
-        out += ["## Search (first trajectory = no selection; QNet-selected = no reward read; oracle = best of N by "
-                "env outcome)", _md(t[keep])]
-        summ = s5 / "search_summary.json"
-        if summ.is_file() and "env_errors" in json.loads(summ.read_text()):
-            ee = json.loads(summ.read_text())["env_errors"]
+        split = r5.get("summary", {}).get("split", "?")
+        out += [f"## Search ({split} split; first trajectory = no selection; QNet-selected = no reward read; "
+                "oracle = best of N by env outcome)", _md(t[keep])]
+        ee = r5.get("summary", {}).get("env_errors")
+        if ee:
             out += [f"search episodes with an environment exception: {ee['with_env_errors']} of {ee['records']}"]
-        if (s5 / "comparisons.csv").is_file():
+        if "comparisons" in r5:
             out += ["paired differences A - B (reward x100 per task, seeds averaged; bootstrap 95% interval):",
-                    _md(pd.read_csv(s5 / "comparisons.csv"), 2)]
-        ratio = json.loads((s5 / "budget_ratio.json").read_text())
-        out += ["budget ratio (tokens QLASS needs to reach Best-of-N's best oracle reward / Best-of-N's tokens):",
-                _md(pd.DataFrame([{"method": k, **v} for k, v in ratio.items()]), 3)]
-        if (s5 / "ablation.csv").is_file():
-            out += ["## Process-reward ablation", _md(pd.read_csv(s5 / "ablation.csv"))]
-            if (s5 / "ablation_comparisons.csv").is_file():
-                out += [_md(pd.read_csv(s5 / "ablation_comparisons.csv"), 2)]
+                    _md(r5["comparisons"], 2)]
+        if "ratios" in r5:
+            out += ["budget ratio (tokens QLASS needs to reach Best-of-N's best oracle reward / Best-of-N's tokens):",
+                    _md(pd.DataFrame([{"method": k, **v} for k, v in r5["ratios"].items()]), 3)]
+        if "ablation" in r5:
+            out += ["## Process-reward ablation", _md(r5["ablation"])]
+            if "ablation_comparisons" in r5:
+                out += [_md(r5["ablation_comparisons"], 2)]
     return "\n\n".join(out) + "\n"

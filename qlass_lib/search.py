@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import prompts
 from .agent import Policy, greedy_chooser, run_episode  # noqa: F401 (greedy_chooser re-exported)
-from .artifacts import append_jsonl, read_jsonl, repair_jsonl
+from .artifacts import ResumableLog
 from .budget import Budget
 from .envs import TaskRef, TextEnv
 from .paraphrase import Paraphraser, with_task_text
@@ -92,10 +92,8 @@ def run_method(env: TextEnv, tasks: list[TaskRef], method: str, make_chooser, n_
 
     ``make_chooser(budget, i)`` builds the chooser of trajectory i.
     """
-    repair_jsonl(out_path)
-    key = lambda r: (r["method"], r["task"], r["traj"], r.get("seed", 0))  # noqa: E731
-    done = {key(r) for r in read_jsonl(out_path)}
-    todo = [(t, i) for t in tasks for i in range(n_traj) if (method, t.id, i, seed) not in done]
+    log = ResumableLog(out_path, key=lambda r: (r["method"], r["task"], r["traj"], r.get("seed", 0)))
+    todo = log.todo([(t, i) for t in tasks for i in range(n_traj)], lambda x: (method, x[0].id, x[1], seed))
     for task, i in tqdm(todo, desc=f"{method} seed {seed}", leave=False):
         torch.manual_seed(episode_seed(seed, method, task.id, i))
         budget = Budget()
@@ -104,12 +102,10 @@ def run_method(env: TextEnv, tasks: list[TaskRef], method: str, make_chooser, n_
             text_fn = lambda text, i=i: paraphraser(text, i)  # noqa: E731
         chooser = make_chooser(budget, i)
         ep = run_episode(env, task, chooser, budget, example=example, task_text_fn=text_fn)
-        append_jsonl(out_path, {"method": method, "traj": i, "seed": seed, **tag, **ep.to_dict(),
-                                "task_type": task.task_type, "variation": task.variation,
-                                "budget": budget.snapshot()})
+        log.append({"method": method, "traj": i, "seed": seed, **tag, **ep.to_dict(), "task_type": task.task_type,
+                    "variation": task.variation, "budget": budget.snapshot()})
     wanted = {t.id for t in tasks}
-    return [r for r in read_jsonl(out_path) if r["method"] == method and r["task"] in wanted
-            and r.get("seed", 0) == seed]
+    return log.records(lambda r: r["method"] == method and r["task"] in wanted and r.get("seed", 0) == seed)
 
 
 def run_suite(env: TextEnv, tasks: list[TaskRef], policy: Policy, qnet, search_cfg, out_path: str | Path,

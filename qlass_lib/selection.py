@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import prompts
-from .artifacts import append_jsonl, read_jsonl, repair_jsonl
+from .artifacts import ResumableLog
 from .stats import bootstrap_mean_ci
 
 SELECTIONS = ("first", "qnet", "oracle")
@@ -39,14 +39,13 @@ def final_state(e: dict, env_name: str, example=None) -> tuple[list[dict], str]:
 
 def final_values(episodes: list[dict], qnet, env_name: str, out_path: str | Path, example=None) -> dict[tuple, float]:
     """The QNet's value of each episode's final action (resumable JSONL keyed by method/task/traj/seed)."""
-    repair_jsonl(out_path)
-    have = {_key(r): r["value"] for r in read_jsonl(out_path)}
-    for e in tqdm([e for e in episodes if _key(e) not in have and e["turns"]], desc="QNet values of final actions",
+    log = ResumableLog(out_path, key=_key)
+    have = {_key(r): r["value"] for r in log.records()}
+    for e in tqdm([e for e in log.todo(episodes, _key) if e["turns"]], desc="QNet values of final actions",
                   leave=False):
         state, text = final_state(e, env_name, example)
         v = float(qnet.score(state, [text])[0])
-        append_jsonl(out_path, {"method": e["method"], "task": e["task"], "traj": e["traj"], "seed": e.get("seed", 0),
-                                "value": v})
+        log.append({"method": e["method"], "task": e["task"], "traj": e["traj"], "seed": e.get("seed", 0), "value": v})
         have[_key(e)] = v
     return have
 

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import prompts
-from .artifacts import append_jsonl, read_jsonl, repair_jsonl
+from .artifacts import ResumableLog, read_jsonl
 from .budget import Budget
 from .envs import TaskRef, TextEnv
 
@@ -226,15 +226,14 @@ class TreeBuilder:
 def build_trees(builder: TreeBuilder, tasks: list[TaskRef], out_path: str | Path, expert: dict[str, list[str]],
                 seed: int, postprocess=None) -> list[dict]:
     """Build one tree per task, appending each finished tree to ``out_path`` (JSONL); resumable."""
-    repair_jsonl(out_path)
-    done = {r["task"] for r in read_jsonl(out_path)}
-    for task in tqdm([t for t in tasks if t.id not in done], desc="trees"):
+    log = ResumableLog(out_path, key=lambda r: r["task"])
+    for task in tqdm(log.todo(tasks, lambda t: t.id), desc="trees"):
         tree = builder.build(task, expert.get(task.id), seed)
         if postprocess is not None:
             postprocess(tree)
-        append_jsonl(out_path, tree.to_dict())
+        log.append(tree.to_dict())
     wanted = {t.id for t in tasks}
-    return [r for r in read_jsonl(out_path) if r["task"] in wanted]
+    return log.records(lambda r: r["task"] in wanted)
 
 
 def stats_frame(records: list[dict]):

@@ -38,8 +38,9 @@ def _label(n) -> str:
 class TreeInspector:
     """Expand/collapse nodes, see action/observation/reward/Q, filter by depth, colour by Q, best path."""
 
-    def __init__(self, tree: Tree, expand_depth: int = 1):
+    def __init__(self, tree: Tree, expand_depth: int = 1, predictions: dict[int, float] | None = None):
         self.tree = tree
+        self.predictions = predictions or {}  # node id -> QNet value, when a QNet scored this tree
         self.expanded = {n.id for n in tree.nodes if n.depth < expand_depth}
         self.best = best_path(tree)
         max_depth = max(n.depth for n in tree.nodes)
@@ -110,10 +111,18 @@ class TreeInspector:
                 ("terminal", n.terminal), ("Q", "-" if n.q is None else f"{n.q:.4f}"),
                 ("normalized Q", "-" if n.q_norm is None else f"{n.q_norm:.4f}"),
                 ("rollout reward", f"{n.rollout_reward:.2f}"), ("children", len(n.children))]
+        if nid in self.predictions:
+            rows.append(("QNet value", f"{self.predictions[nid]:.4f}"))
         body = "".join(f"<tr><td><b>{k}</b></td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
         obs = html.escape(n.observation).replace("\n", "<br>")
         self.detail.value = (f"<div style='background:{_color(n.q_norm)};padding:4px'><table>{body}</table>"
-                             f"<div style='font-family:monospace;font-size:11px'>{obs}</div></div>")
+                             f"<div style='font-family:monospace;font-size:11px'>{obs}</div>"
+                             f"{siblings_html(self.tree, nid, self.predictions)}</div>")
+
+    @staticmethod
+    def for_run(run_dir, qnet: bool = True) -> "RunInspector":
+        """Pick any tree of a run (by task, with its outcome); see :class:`RunInspector`."""
+        return RunInspector(run_dir, qnet)
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -178,3 +187,100 @@ def plot_tree(tree: Tree, path=None, ax=None):
     if path is not None:
         ax.figure.savefig(path, dpi=110, bbox_inches="tight")
     return ax.figure
+
+
+def siblings_html(tree: Tree, nid: int, predictions: dict[int, float] | None = None) -> str:
+    """The node and its siblings side by side: action, step reward, rollout reward, Q target, QNet value."""
+    n = tree.nodes[nid]
+    if n.parent is None:
+        return ""
+    predictions = predictions or {}
+    head = "<tr><th>action</th><th>reward</th><th>rollout</th><th>Q target</th><th>QNet</th></tr>"
+    rows = []
+    for cid in tree.nodes[n.parent].children:
+        c = tree.nodes[cid]
+        q = "-" if c.q_norm is None else f"{c.q_norm:.3f}"
+        p = f"{predictions[cid]:.3f}" if cid in predictions else "-"
+        weight = "font-weight:bold;" if cid == nid else ""
+        rows.append(f"<tr style='{weight}background:{_color(c.q_norm)}'><td>{html.escape(str(c.action))}</td>"
+                    f"<td>{c.reward:.2f}</td><td>{c.rollout_reward:.2f}</td><td>{q}</td><td>{p}</td></tr>")
+    return f"<p><b>siblings</b></p><table class='qlass-siblings'>{head}{''.join(rows)}</table>"
+
+
+def tree_outcome(tree: Tree) -> str:
+    leaves = tree.leaves()
+    best = max((n.score for n in leaves), default=0.0)
+    return f"{tree.task.id}: {len(tree.nodes)} nodes, best leaf {best:.2f}"
+
+
+def load_run_trees(run_dir) -> list[Tree]:
+    """A run's trees with their Q targets (stage 03's ``trees_q.jsonl``; else stage 02's, Q computed here)."""
+    from pathlib import Path
+
+    from . import qvalues
+    from .artifacts import read_json
+    from .context import STAGES
+    from .tree import load_trees
+    rd = Path(run_dir)
+    q = rd / STAGES["03"] / "trees_q.jsonl"
+    if q.is_file():
+        return load_trees(q)
+    trees = load_trees(rd / STAGES["02"] / "trees.jsonl")
+    gamma = read_json(rd / "params.json").get("qvalues", {}).get("gamma", 0.9) if (rd / "params.json").is_file() else 0.9
+    qvalues.compute(trees, gamma, "tree")
+    return trees
+
+
+def qnet_predictions(tree: Tree, qnet, env_name: str, example=None) -> dict[int, float]:
+    """The QNet's value of every non-root node of ``tree`` (the state before the node, its agent turn)."""
+    out = {}
+    for n in tree.nodes:
+        if n.parent is not None:
+            out[n.id] = qnet.score(tree.state(n.parent, env_name, example), [n.text or ""])[0]
+    return out
+
+
+class RunInspector:
+    """Every tree of a run in one viewer: a task picker (with each tree's outcome) above a :class:`TreeInspector`;
+    with ``qnet`` and a trained QNet (stage 04), each node also shows the QNet's prediction."""
+
+    def __init__(self, run_dir, qnet: bool = True):
+        from pathlib import Path
+
+        from .context import STAGES
+        self.run_dir = Path(run_dir)
+        self.trees = load_run_trees(self.run_dir)
+        if not self.trees:
+            raise FileNotFoundError(f"no trees in {self.run_dir}: run stage 02 first")
+        self._qnet, self._qdir = None, self.run_dir / STAGES["04"] / "qnet_q"
+        self.use_qnet = qnet and (self._qdir / "value_head.safetensors").is_file()
+        self.picker = W.Dropdown(options=[(tree_outcome(t), i) for i, t in enumerate(self.trees)],
+                                 description="tree", layout=W.Layout(width="70%"))
+        self.body = W.VBox()
+        self.picker.observe(lambda _: self.show(self.picker.value), names="value")
+        self.widget = W.VBox([self.picker, self.body])
+        self.show(0)
+
+    def predictions(self, tree: Tree) -> dict[int, float]:
+        if not self.use_qnet:
+            return {}
+        from .artifacts import read_json
+        from .config import load_config
+        from .qnet import load_qnet
+        cfg = load_config(self.run_dir / "params.json")
+        if self._qnet is None:
+            self._qnet = load_qnet(self._qdir, cfg.model)
+        example = None
+        ex = self.run_dir / "01_behavior_cloning" / "prompt_example.json"
+        if ex.is_file():
+            example = read_json(ex)
+        return qnet_predictions(tree, self._qnet, cfg.env.name, example)
+
+    def show(self, index: int) -> None:
+        tree = self.trees[index]
+        self.inspector = TreeInspector(tree, predictions=self.predictions(tree))
+        self.body.children = [self.inspector.widget]
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)

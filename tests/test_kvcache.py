@@ -1,5 +1,4 @@
 """Prefix KV caching: the same tokens and values as computing every prompt from scratch, whatever ran before."""
-import dataclasses
 
 import pytest
 import torch

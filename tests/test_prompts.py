@@ -51,6 +51,10 @@ def test_fit_drops_oldest_turns_keeps_task_and_current(tiny_tok):
     assert len(tok(prompts.render(tok, fitted, True))["input_ids"]) <= full // 3
     ids = prompts.encode_prompt(tok, s, max_tokens=60, reserve=10)
     assert len(ids) <= 50
+    for budget, reserve in [(full + 50, 32), (full // 2, 32), (full // 5, 0), (60, 10)]:  # encode = fit, then tokenize
+        kept = prompts.fit(tok, s, budget, reserve)
+        want = tok(prompts.render(tok, kept, True), add_special_tokens=False)["input_ids"][-(budget - reserve):]
+        assert prompts.encode_prompt(tok, s, budget, reserve) == want
 
 
 def test_fit_never_separates_an_agent_turn_from_its_observation(tiny_tok):

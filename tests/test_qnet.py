@@ -102,6 +102,8 @@ def test_evaluate_qnet_by_hand():
     assert m["sibling_groups"] == 2 and m["sibling_accuracy"] == 0.5
     assert m["sibling_random_baseline"] == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert m["mse"] == pytest.approx(np.mean((pred - [1, 0, 0.5, 0.2, 0.8]) ** 2))
+    flat = evaluate_qnet(np.full(5, 0.4), exs)  # a constant QNet: ties share the credit = the random baseline
+    assert flat["sibling_accuracy"] == pytest.approx(flat["sibling_random_baseline"])
 
 
 def test_path_packing_sees_the_same_context_as_per_node_examples(qnet, tmp_path):
@@ -130,6 +132,12 @@ def test_path_packing_sees_the_same_context_as_per_node_examples(qnet, tmp_path)
                 assert e["target_tok"][i] == pytest.approx(ref["target"])
                 solo = qnet.values(torch.tensor([ref["ids"]]), torch.ones(1, len(ref["ids"]), dtype=torch.long))[0]
                 assert float(v[i]) == pytest.approx(float(solo), abs=1e-4)
+    from qlass_lib.qnet_train import node_records, predict, predict_paths
+    batched = predict_paths(qnet, packed, batch_size=3)  # padded batches of paths: the same values
+    nodes = node_records(tmp_path / "qnet_train.jsonl")
+    assert {(n["task"], n["node"]) for n in nodes} == set(batched)
+    examples = [per_node[(n["task"], n["node"])] for n in nodes]
+    assert [batched[(n["task"], n["node"])] for n in nodes] == pytest.approx(list(predict(qnet, examples)), abs=1e-4)
 
 
 # A small fixed set of sibling groups: states (rooms) differ, each group offers 3 of 6 actions whose values are
@@ -193,3 +201,21 @@ def test_checkpoint_selection_restores_the_best_validation_step(tmp_path_factory
     best = min(checks, key=lambda h: h["val_mse"])
     assert res["selected_step"] == best["step"] and len(checks) >= 8
     assert evaluate_qnet(predict(q, held), held)["mse"] == pytest.approx(best["val_mse"], abs=1e-6)
+
+
+def test_frozen_backbone_trains_the_head_on_cached_features(tmp_path_factory):
+    """backbone_lr_scale=0 + last-token loss: features computed once; the head trained on them gives the same
+    values as the full model's read-out, and the backbone is untouched."""
+    from qlass_lib.qnet_train import last_token_features, predict
+    q, train, held = _ranking_setup(tmp_path_factory, "qfrozen")
+    before = {k: v.clone() for k, v in q.lm.state_dict().items()}
+    res = train_qnet(q, train, held, QNetConfig(epochs=10, batch_size=9, learning_rate=1e-3, backbone_lr_scale=0.0,
+                                                warmup_steps=5, eval_every=10, loss="last_token", select="last"))
+    assert res["steps"] == 50 and all(torch.equal(before[k], v) for k, v in q.lm.state_dict().items())
+    feats, ys, rows = last_token_features(q, held)
+    with torch.no_grad():
+        from_features = q.head(feats).squeeze(-1).numpy()
+    assert [len(r) for r in rows] == [1] * len(held)
+    assert predict(q, held) == pytest.approx(from_features[[r[0] for r in rows]], abs=1e-5)
+    checks = [h for h in res["history"] if "val_mse" in h]
+    assert checks[-1]["val_mse"] < checks[0]["val_mse"]  # the head learned something on its cached features

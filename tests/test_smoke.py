@@ -159,6 +159,21 @@ def test_report_summarizes_the_run(smoke_run):
         assert heading in proc.stdout
 
 
+@pytest.mark.smoke
+def test_bench_reports_the_hot_path_ratios(smoke_run):
+    """The benchmark runs on a finished run and writes its ratios (values are timings: not asserted)."""
+    proc = subprocess.run([sys.executable, "-m", "qlass_lib", "bench", str(RUN), "--states", "6", "--search-tasks", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    b = json.loads((RUN / "bench" / "bench.json").read_text())
+    assert b["states"] == 6 and b["m"] == 4 and b["search_tasks"] == 2
+    for key in ("sample_m_over_1_cache", "sample_m_over_1_nocache", "cache_speedup_m", "qnet_m_over_1",
+                "search_nocache_over_cache"):
+        assert b[key] > 0
+    assert 0 <= b["tree"]["env_share"] <= 1
+    assert "M=4 ÷ 1, KV cache" in proc.stdout
+
+
 ALF_DATA = ROOT.parent / "shared" / "data" / "alfworld"
 
 

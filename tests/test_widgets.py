@@ -36,3 +36,16 @@ def test_static_renderings(tmp_path):
     fig = plot_tree(t, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 1000
     assert render_html(t, max_depth=1).count("<li>") == 3
+
+
+def test_run_inspector_picks_any_tree_and_shows_siblings(tmp_path):
+    from qlass_lib.widgets import RunInspector
+    from test_inspector import _run_dir
+    ins = RunInspector(_run_dir(tmp_path), qnet=False)
+    assert [label for label, _ in ins.picker.options] == ["t_1: 5 nodes, best leaf 0.80", "u_7: 5 nodes, best leaf 1.00"]
+    ins.picker.value = 1
+    assert ins.inspector.tree.task.id == "u_7"
+    ins.inspector.toggle_node(2)
+    ins.inspector.select.value = 3
+    detail = ins.inspector.detail.value
+    assert "siblings" in detail and detail.count("<tr style=") == 2  # c and d side by side

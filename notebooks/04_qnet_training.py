@@ -1,0 +1,51 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · QNet training
+#
+# The QNet is the BC policy's backbone plus an MLP value head (hidden → 1024 → 1024 → 1), trained with MSE on
+# the Q targets of notebook 03 (over every token of the candidate action, the paper's objective, or at its last
+# token: `qnet.loss`). Evaluation on the held-out trees: MSE, Spearman correlation, and sibling accuracy (does the
+# best child get the highest value?) next to its random baseline, and R² (1 − MSE / target variance) on the
+# validation *and* the training trees (a QNet must first fit its own trees). The value head starts at the mean
+# target; the learning rate warms up, then decays; the checkpoint kept is the best on the validation trees'
+# sibling accuracy (`qnet.select`), so that number is optimistic — the search results of notebook 05 on held-out
+# tasks are the unbiased test. QNets on the ablation targets (`avg_reward`, `outcome`) are trained the same way.
+# The work is `qlass_lib.stages.qnet_training.run`.
+
+# %% tags=["parameters"]
+# Parameters (papermill injects its own values below this cell)
+params_path = "../params/default.yaml"  # the params file of the run
+run_dir = ""  # empty means runs/RUN_ID under the project root
+overrides = {}  # nested params overrides, for example {"bc": {"max_minutes": 1.0}}
+
+# %%
+import pandas as pd
+from IPython.display import Image, display
+from qlass_lib.context import RunContext
+from qlass_lib.stages import qnet_training as stage
+
+ctx = RunContext.open(params_path, run_dir, overrides)
+res = stage.run(ctx)
+display(pd.DataFrame([res.metrics]).round(4))
+Image(res.figures["training"])
+
+# %% [markdown]
+# ## Calibration (predictions binned by quantile)
+
+# %%
+res.calibration.round(3)
+
+# %% [markdown]
+# ## Process-reward ablation targets
+
+# %%
+res.table.round(4)

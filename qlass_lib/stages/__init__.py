@@ -1,0 +1,26 @@
+"""One module per stage of the series: ``run(ctx) -> <Stage>Result``.
+
+Each ``run`` does the stage's work, writes every artifact of the stage folder (tables, JSON, PNG figures) and
+returns a typed result; the notebooks call it and display what it returns, and ``report`` reads the same
+artifacts.  Stage folder names come from :data:`qlass_lib.context.STAGES`.
+"""
+from __future__ import annotations
+
+from ..context import STAGES
+
+MODULES = {"01": "behavior_cloning", "02": "trees", "03": "q_values", "04": "qnet_training", "05": "guided_search"}
+
+
+def stage_module(key: str):
+    """The module that runs stage ``key`` (``"01"`` .. ``"05"``)."""
+    import importlib
+    return importlib.import_module(f"{__name__}.{MODULES[key]}")
+
+
+def close_figure(fig) -> None:
+    """Figures are saved as PNG and closed: notebooks show the PNG, so outputs stay one image per figure."""
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+__all__ = ["STAGES", "MODULES", "stage_module", "close_figure"]

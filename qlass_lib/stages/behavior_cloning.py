@@ -1,0 +1,96 @@
+"""Stage 01 · behavior cloning: expert trajectories, the base model, BC with the loss on agent turns only, and a
+greedy evaluation of the cloned policy on held-out tasks.
+
+Artifacts (``runs/<id>/01_behavior_cloning/``): ``expert.jsonl``, ``expert_stats.json``, ``prompt_example.json``,
+``policy/``, ``bc_result.json``, ``bc_loss.png``, ``eval_episodes.jsonl``, ``bc_eval.csv``, ``bc_eval.png``,
+``bc_metrics.json``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import close_figure
+
+
+@dataclass
+class BCResult:
+    out: Path
+    expert_stats: dict
+    experts_per_type: pd.DataFrame       # trajectories and mean agent turns per task type
+    example_conversation: str            # the start of the first expert record, as the model sees it
+    example: list | None                 # the one-shot demonstration (None unless expert.one_shot)
+    base: str                            # the base model directory or id
+    parameters: int
+    train: dict                          # bc_result.json: steps, epochs, losses, why training stopped
+    episodes: list[dict]                 # greedy held-out episodes
+    table: pd.DataFrame                  # bc_eval.csv: reward, success, steps, tokens per task type
+    metrics: dict                        # bc_metrics.json
+    figures: dict = field(default_factory=dict)  # name -> PNG path
+
+    @property
+    def train_summary(self) -> pd.DataFrame:
+        return pd.DataFrame([{k: v for k, v in self.train.items() if k != "history"}]).T.rename(columns={0: "value"})
+
+    def best_episode(self) -> pd.DataFrame:
+        ep = max(self.episodes, key=lambda e: e["reward"])
+        return pd.DataFrame(ep["turns"])[["action", "observation", "score"]].head(20).assign(task=ep["task"])
+
+
+def run(ctx) -> BCResult:
+    from .. import bc, expert, models, plots
+    from ..agent import Policy, greedy_chooser
+    from ..artifacts import write_json
+    from ..envs import eval_tasks, make_env
+    from ..evaluation import check_env_errors, evaluate, summarize
+    cfg, out = ctx.cfg, ctx.stage_dir("01")
+    env = make_env(cfg.env)
+    try:
+        records, stats = expert.prepare(cfg, env, out, ctx.resolve)
+        example = expert.one_shot_example(records) if cfg.expert.one_shot else None
+        records = expert.with_example(records, env.name, example)
+        write_json(out / "prompt_example.json", example)
+        per_type = pd.DataFrame([{"task_type": r["task_type"],
+                                  "agent_turns": sum(c["from"] == "gpt" for c in r["conversations"])} for r in records])
+        per_type = per_type.groupby("task_type").agg(trajectories=("agent_turns", "size"),
+                                                     mean_turns=("agent_turns", "mean"))
+        conv = records[0]["conversations"]
+        shown = conv[0]["value"][:600] + " ...\n" + "\n".join(c["value"] for c in conv[1:7])
+
+        base = models.prepare_base(cfg.model, out, lambda: ["\n".join(c["value"] for c in r["conversations"])
+                                                            for r in records], cfg.seed)
+        model, tokenizer, result = bc.fit_policy(cfg, records, base, out)
+        figures = {"loss": out / "bc_loss.png"}
+        close_figure(plots.loss_curves(result["history"], figures["loss"]))
+
+        policy = Policy(model, tokenizer, cfg.model, cfg.bc.max_length, env.name)
+        episodes = evaluate(env, eval_tasks(env, cfg.env), lambda budget: greedy_chooser(policy, budget),
+                            out / "eval_episodes.jsonl", desc="greedy eval", example=example)
+        env_errors = check_env_errors(episodes, cfg.env.max_error_share, "evaluation episodes")
+    finally:
+        env.close()
+    table = summarize(episodes)
+    table.to_csv(out / "bc_eval.csv", index=False)
+    n_params = models.count_parameters(model)
+    metrics = {"schema_version": 1, "split": cfg.env.eval_split, "per_type": table.to_dict("records"),
+               "parameters": n_params, "train_seconds": result["train_seconds"], "env_errors": env_errors}
+    write_json(out / "bc_metrics.json", metrics)
+    figures["eval"] = out / "bc_eval.png"
+    close_figure(plots.bar_by_group(table, "task_type", "mean_reward_x100", figures["eval"],
+                                    "greedy BC policy, held out"))
+    return BCResult(out, stats, per_type, shown, example, str(base), n_params, result, episodes, table, metrics,
+                    figures)
+
+
+def load(stage_dir: Path) -> dict:
+    """What a finished stage 01 wrote, for ``report`` (missing files are left out)."""
+    from ..artifacts import read_json
+    d, out = Path(stage_dir), {}
+    for key, name in (("expert_stats", "expert_stats.json"), ("train", "bc_result.json"), ("metrics", "bc_metrics.json")):
+        if (d / name).is_file():
+            out[key] = read_json(d / name)
+    if (d / "bc_eval.csv").is_file():
+        out["table"] = pd.read_csv(d / "bc_eval.csv")
+    return out
