@@ -97,7 +97,8 @@ class QNet(nn.Module):
         device = model_device(self.lm)
         ctx = budget.timing("qnet") if budget is not None else _Null()
         with ctx:
-            P = _common_prefix(enc) if share_prefix and len(enc) > 1 else 0
+            kv = getattr(self.model_cfg, "kv_cache", False)  # then even one candidate reuses the cached state
+            P = _common_prefix(enc) if share_prefix and (len(enc) > 1 or kv) else 0
             P = min(P, min(len(e) for e in enc) - 1)
             if P < 8:
                 vals, n_tok = self._score_padded(enc, device), sum(len(e) for e in enc)

@@ -233,10 +233,14 @@ def load_run_trees(run_dir) -> list[Tree]:
 
 def qnet_predictions(tree: Tree, qnet, env_name: str, example=None) -> dict[int, float]:
     """The QNet's value of every non-root node of ``tree`` (the state before the node, its agent turn)."""
-    out = {}
-    for n in tree.nodes:
-        if n.parent is not None:
-            out[n.id] = qnet.score(tree.state(n.parent, env_name, example), [n.text or ""])[0]
+    out, stack = {}, [0]
+    while stack:  # depth first, so each parent's state extends the last one scored (the QNet's prefix cache)
+        nid = stack.pop()
+        kids = tree.nodes[nid].children
+        if kids:
+            vals = qnet.score(tree.state(nid, env_name, example), [tree.nodes[c].text or "" for c in kids])
+            out.update(zip(kids, vals))
+            stack.extend(reversed(kids))
     return out
 
 
