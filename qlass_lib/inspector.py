@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .tree import Tree
-from .widgets import best_path, load_run_trees, qnet_predictions
+from .widgets import best_path, load_run_trees, qnet_predictions, run_qnet
 
 
 def tree_payload(tree: Tree, predictions: dict[int, float] | None = None) -> dict:
@@ -33,20 +33,12 @@ def tree_payload(tree: Tree, predictions: dict[int, float] | None = None) -> dic
 
 def run_payload(run_dir: str | Path, qnet: bool = True) -> list[dict]:
     """Every tree of the run; with ``qnet`` and a trained QNet, each node's QNet prediction too."""
-    from .artifacts import read_json
-    from .config import load_config
-    from .context import STAGES
     rd = Path(run_dir)
     trees = load_run_trees(rd)
-    qdir = rd / STAGES["04"] / "qnet_q"
-    if not (qnet and (qdir / "value_head.safetensors").is_file()):
+    loaded = run_qnet(rd) if qnet else None
+    if loaded is None:
         return [tree_payload(t) for t in trees]
-    from .qnet import load_qnet
-    cfg = load_config(rd / "params.json")
-    q = load_qnet(qdir, cfg.model)
-    ex = rd / STAGES["01"] / "prompt_example.json"
-    example = read_json(ex) if ex.is_file() else None
-    return [tree_payload(t, qnet_predictions(t, q, cfg.env.name, example)) for t in tqdm(t for t in trees)]
+    return [tree_payload(t, qnet_predictions(t, *loaded)) for t in tqdm(trees, desc="QNet predictions")]
 
 
 def write_html(run_dir: str | Path, out: str | Path | None = None, qnet: bool = True) -> Path:

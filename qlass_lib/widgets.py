@@ -231,6 +231,23 @@ def load_run_trees(run_dir) -> list[Tree]:
     return trees
 
 
+def run_qnet(run_dir):
+    """A run's trained ``q`` QNet with its env name and one-shot example, or None before stage 04."""
+    from pathlib import Path
+
+    from .artifacts import read_json
+    from .config import load_config
+    from .context import STAGES
+    from .qnet import load_qnet
+    rd = Path(run_dir)
+    qdir = rd / STAGES["04"] / "qnet_q"
+    if not (qdir / "value_head.safetensors").is_file():
+        return None
+    cfg = load_config(rd / "params.json")
+    ex = rd / STAGES["01"] / "prompt_example.json"
+    return load_qnet(qdir, cfg.model), cfg.env.name, (read_json(ex) if ex.is_file() else None)
+
+
 def qnet_predictions(tree: Tree, qnet, env_name: str, example=None) -> dict[int, float]:
     """The QNet's value of every non-root node of ``tree`` (the state before the node, its agent turn)."""
     out, stack = {}, [0]
@@ -256,8 +273,8 @@ class RunInspector:
         self.trees = load_run_trees(self.run_dir)
         if not self.trees:
             raise FileNotFoundError(f"no trees in {self.run_dir}: run stage 02 first")
-        self._qnet, self._qdir = None, self.run_dir / STAGES["04"] / "qnet_q"
-        self.use_qnet = qnet and (self._qdir / "value_head.safetensors").is_file()
+        self._qnet = None  # (qnet, env name, example), loaded on first use
+        self.use_qnet = qnet and (self.run_dir / STAGES["04"] / "qnet_q" / "value_head.safetensors").is_file()
         self.picker = W.Dropdown(options=[(tree_outcome(t), i) for i, t in enumerate(self.trees)],
                                  description="tree", layout=W.Layout(width="70%"))
         self.body = W.VBox()
@@ -268,17 +285,9 @@ class RunInspector:
     def predictions(self, tree: Tree) -> dict[int, float]:
         if not self.use_qnet:
             return {}
-        from .artifacts import read_json
-        from .config import load_config
-        from .qnet import load_qnet
-        cfg = load_config(self.run_dir / "params.json")
         if self._qnet is None:
-            self._qnet = load_qnet(self._qdir, cfg.model)
-        example = None
-        ex = self.run_dir / "01_behavior_cloning" / "prompt_example.json"
-        if ex.is_file():
-            example = read_json(ex)
-        return qnet_predictions(tree, self._qnet, cfg.env.name, example)
+            self._qnet = run_qnet(self.run_dir)
+        return qnet_predictions(tree, *self._qnet)
 
     def show(self, index: int) -> None:
         tree = self.trees[index]
