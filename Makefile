@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test unit smoke venv browser notebooks lab clean-runs
+.PHONY: run test unit smoke venv browser notebooks lab clean-runs self-training annotations
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ venv: $(VENV)/.installed
 
 run: venv
 	$(PY) -m qlass_lib run $(PARAMS)
+
+# Stage 06 (QLASS-ST, RFT, the process-reward self-training comparison) on top of the finished run of $(PARAMS)
+self-training: venv
+	$(PY) -m qlass_lib run $(PARAMS) --set self_training.enabled=true
+
+# Fewer annotations: the series once per share of the expert data, one table (runs/<run_id>-annotations/)
+annotations: venv
+	$(PY) -m qlass_lib annotations $(PARAMS) --fractions 1 0.5 0.25
 
 # Debian's Chromium for the tree inspector's browser test (Playwright drives it; no browser download)
 browser:

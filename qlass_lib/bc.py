@@ -246,8 +246,31 @@ def pretrain_tiny(cfg, base: str, records: list[dict], out_dir) -> str:
     return str(out)
 
 
-def fit_policy(cfg, records: list[dict], base: str, out_dir) -> tuple[object, object, dict]:
-    """Train (or, when already finished, reload) the BC policy; returns (model, tokenizer, result)."""
+def expert_subset(records: list[dict], fraction: float) -> list[dict]:
+    """The first ``fraction`` of the expert trajectories of every task type (at least one per type), in order:
+    the fewer-annotations experiment trains BC on these."""
+    if fraction >= 1.0:
+        return list(records)
+    count: dict[str, int] = {}
+    for r in records:
+        count[r["task_type"]] = count.get(r["task_type"], 0) + 1
+    keep = {t: max(1, int(n * fraction + 0.5)) for t, n in count.items()}  # half rounds up
+    seen: dict[str, int] = {}
+    out = []
+    for r in records:
+        seen[r["task_type"]] = seen.get(r["task_type"], 0) + 1
+        if seen[r["task_type"]] <= keep[r["task_type"]]:
+            out.append(r)
+    return out
+
+
+def fit_policy(cfg, records: list[dict], base: str, out_dir, extra_train: list[dict] | None = None,
+               pretrain: bool = True) -> tuple[object, object, dict]:
+    """Train (or, when already finished, reload) the BC policy; returns (model, tokenizer, result).
+
+    ``extra_train`` (e.g. self-generated trajectories) joins the training split only, so the validation tasks
+    are the expert ones of the same seed whatever is added; ``pretrain=False`` starts from ``base`` as it is
+    (a fine-tune from an already pretrained base)."""
     from .artifacts import read_json, write_json
     from .models import load_model, load_policy, load_tokenizer, save_policy
     out_dir = Path(out_dir)
@@ -255,10 +278,12 @@ def fit_policy(cfg, records: list[dict], base: str, out_dir) -> tuple[object, ob
     if done.is_file() and (out_dir / "policy").is_dir():
         model, tok = load_policy(out_dir / "policy", cfg.model)
         return model, tok, read_json(done)
-    base = pretrain_tiny(cfg, base, records, out_dir)
+    if pretrain:
+        base = pretrain_tiny(cfg, base, records, out_dir)
     tok = load_tokenizer(base, cfg.model)
     model = load_model(base, cfg.model, train=True)
     train_recs, val_recs = split_by_task(records, cfg.bc.val_fraction, cfg.seed)
+    train_recs = train_recs + list(extra_train or [])
     train_ex = build_examples(tok, train_recs, cfg.bc.max_length)
     val_ex = build_examples(tok, val_recs, cfg.bc.max_length)
     result = train_bc(model, tok, train_ex, val_ex, cfg.bc, cfg.model, out_dir, cfg.seed)

@@ -19,7 +19,8 @@ _EPILOG = """examples:
   python -m qlass_lib check params/my.yaml --set env.eval_per_type=20
   python -m qlass_lib report runs/default
   python -m qlass_lib bench runs/default
-  python -m qlass_lib inspect runs/default"""
+  python -m qlass_lib inspect runs/default
+  python -m qlass_lib annotations params/default.yaml --fractions 1 0.5 0.25"""
 
 
 def parse_set(items: list[str]) -> dict:
@@ -46,9 +47,9 @@ def _stages(text: str | None) -> list[str] | None:
     if not text:
         return None
     only = [s.strip().zfill(2) for s in text.split(",")]
-    bad = [s for s in only if not re.fullmatch(r"0[1-5]", s)]
+    bad = [s for s in only if not re.fullmatch(r"0[1-6]", s)]
     if bad:
-        raise ConfigError(f"unknown stages {bad} (stages are 01..05)")
+        raise ConfigError(f"unknown stages {bad} (stages are 01..06)")
     return only
 
 
@@ -80,8 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     ins = sub.add_parser("inspect", help="write runs/<id>/inspector.html: every tree, Q targets, QNet predictions")
     ins.add_argument("run_dir", help="a run with stage 02 done, e.g. runs/default")
     ins.add_argument("--no-qnet", action="store_true", help="leave out the QNet's predictions")
+    an = sub.add_parser("annotations", help="fewer-annotations experiment: the series per share of expert data, one table")
+    an.add_argument("params")
+    an.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.5, 0.25],
+                    help="shares of the expert trajectories BC trains on (1 = the ordinary run)")
+    an.add_argument("--set", dest="sets", action="append", default=[], help="override a key, as for run")
     args = ap.parse_args(argv)
     try:
+        if args.cmd == "annotations":
+            from . import annotations
+            from .pipeline import load_run_config
+            dirs = annotations.run_fractions(args.params, args.fractions, parse_set(args.sets))
+            out = dirs[0].parent / f"{load_run_config(args.params, parse_set(args.sets))[0].run_id}-annotations"
+            tab = annotations.write(dirs, out)
+            print(tab.round(2).to_string(index=False))
+            print(f"wrote {out / 'annotations.csv'}")
+            return 0
         if args.cmd == "inspect":
             from .inspector import write_html
             if not (Path(args.run_dir) / "02_tree_construction" / "trees.jsonl").is_file():

@@ -119,6 +119,7 @@ class BCConfig:
     max_minutes: float = doc(60.0, "wall-clock guard only (a run that hits it says so in its manifest and report)", gt=0)
     stop_at_loss: float = doc(0.04, "stop when the running action-token loss falls below this (keeps sampling diversity)", ge=0)
     val_fraction: float = doc(0.05, "share of expert tasks held out for validation loss", ge=0, lt=1)
+    expert_fraction: float = doc(1.0, "share of the expert trajectories BC trains on (the first of each task type; fewer-annotations experiment); trees and QNet keep the same task pool", gt=0, le=1)
     warmup_steps: int = doc(20, "linear warm-up steps", ge=0)
     eval_every: int = doc(50, "optimizer steps between validation-loss checks", ge=1)
     save_every: int = doc(100, "optimizer steps between resumable checkpoints", ge=1)
@@ -186,6 +187,19 @@ class SearchConfig:
 
 
 @dataclass
+class SelfTrainingConfig:
+    enabled: bool = doc(False, "run stage 06 (QLASS-ST, RFT, the process-reward self-training comparison); off in the default so make run stays within its budget")
+    tasks_per_type: Optional[int] = doc(None, "training tasks per type to generate on (None = the tree tasks; always taken from the trees' pool, BC-unseen when tree.disjoint_from_bc)", ge=1)
+    m_candidates: int = doc(3, "candidates per step M of the Q-guided generation (paper: 3)", ge=1)
+    trajectories_per_task: int = doc(1, "Q-guided trajectories per task N (paper: 1)", ge=1)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"doc": "candidate sampling for Q-guided generation and RFT"})
+    min_reward: float = doc(1.0, "a generated trajectory joins the fine-tuning data when its reward reaches this (the same rule for QLASS-ST and RFT)", ge=0, le=1)
+    targets: list[str] = doc(["q", "avg_reward", "outcome"], "QNets (by training target) whose guided data gets one fine-tune each; 'q' is QLASS-ST")
+    rft: bool = doc(True, "also run the RFT baseline: policy samples on the same tasks, the same generated tokens per task")
+    rft_max_per_task: int = doc(8, "cap on RFT samples per task (sampling stops earlier once the task's token budget is spent)", ge=1)
+
+
+@dataclass
 class RunConfig:
     run_id: str = doc("default", "folder under runs/ for this run")
     seed: int = doc(0, "global seed")
@@ -197,6 +211,7 @@ class RunConfig:
     qvalues: QValueConfig = field(default_factory=QValueConfig, metadata={"doc": "Q propagation and dataset export"})
     qnet: QNetConfig = field(default_factory=QNetConfig, metadata={"doc": "QNet training"})
     search: SearchConfig = field(default_factory=SearchConfig, metadata={"doc": "guided search and baselines"})
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig, metadata={"doc": "stage 06: Q-guided self-training and its baselines"})
 
 
 def _check(tp: Any, value: Any, path: str) -> Any:
@@ -298,6 +313,14 @@ def cross_check(cfg: RunConfig) -> None:
                           "tasks of each type and trees the ones after them)")
     if not cfg.search.seeds:
         raise ConfigError("search.seeds: give at least one seed")
+    st = cfg.self_training
+    bad = [t for t in st.targets if t not in ("q", "avg_reward", "outcome")]
+    if bad:
+        raise ConfigError(f"self_training.targets: {bad[0]!r} is not one of ['q', 'avg_reward', 'outcome']")
+    missing = [t for t in st.targets if t != "q" and t not in cfg.qnet.ablation_targets]
+    if st.enabled and missing:
+        raise ConfigError(f"self_training.targets needs a QNet per target: add {missing} to qnet.ablation_targets "
+                          f"(stage 04 trains those)")
 
 
 def to_dict(cfg) -> dict:

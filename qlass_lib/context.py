@@ -18,7 +18,9 @@ STAGES = {
     "03": "03_q_values",
     "04": "04_qnet_training",
     "05": "05_guided_search",
+    "06": "06_self_training",
 }
+OPTIONAL = {"06": "self_training.enabled"}  # stages the runner runs only when this params switch is on
 
 
 def seed_everything(seed: int) -> None:
@@ -85,8 +87,28 @@ class RunContext:
     def expert_actions(self) -> dict[str, list[str]]:
         """task id -> expert action list, from stage 01's expert file (empty when it has none)."""
         from .artifacts import read_jsonl
-        return {r["id"]: r["actions"] for r in read_jsonl(self.run_dir / STAGES["01"] / "expert.jsonl")
-                if "actions" in r}
+        from .bc import expert_subset
+        records = expert_subset(read_jsonl(self.run_dir / STAGES["01"] / "expert.jsonl"), self.cfg.bc.expert_fraction)
+        return {r["id"]: r["actions"] for r in records if "actions" in r}
+
+    def expert_records(self) -> list[dict]:
+        """The expert trajectories BC trained on (``bc.expert_fraction`` of stage 01's file, with its example)."""
+        from .artifacts import read_jsonl
+        from .bc import expert_subset
+        from .expert import load_eto_sft, with_example
+        if self.cfg.expert.sft_file:
+            records = load_eto_sft(self.resolve(self.cfg.expert.sft_file))
+        else:
+            records = [r for r in read_jsonl(self.run_dir / STAGES["01"] / "expert.jsonl") if "conversations" in r]
+        return expert_subset(with_example(records, self.cfg.env.name, self.example()), self.cfg.bc.expert_fraction)
+
+    def bc_base(self) -> str:
+        """The model stage 01 fine-tuned from (after the tiny model's pretraining, when it had one)."""
+        d = self.run_dir / STAGES["01"]
+        for name in ("pretrained_base", "base_model"):
+            if (d / name / "config.json").is_file():
+                return str(d / name)
+        return self.cfg.model.model_name_or_path
 
     def example(self):
         """The one-shot demonstration chosen by stage 01 (None unless expert.one_shot)."""

@@ -17,7 +17,7 @@ from .config import RunConfig, config_hash
 
 # which config sections each stage reads (a stage also depends on everything upstream, through the chain)
 STAGE_SECTIONS = {"01": ["seed", "env", "expert", "model", "bc"], "02": ["tree"], "03": ["qvalues"],
-                  "04": ["qnet"], "05": ["search"]}
+                  "04": ["qnet"], "05": ["search"], "06": ["self_training"]}
 # packages whose versions can change numbers (a new version reruns the stages)
 NUMERIC_PACKAGES = ("torch", "transformers", "tokenizers", "peft", "bitsandbytes", "scienceworld", "numpy")
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 from .artifacts import artifact_digests, git_commit, guard_hits, read_json, versions, write_json
 from .config import ConfigError, RunConfig, load_config
-from .context import STAGES, project_root
+from .context import OPTIONAL, STAGES, project_root
 from .fingerprint import STAGE_SECTIONS, changed_parts, differing_keys, source_hash, stage_fingerprint
 from .preflight import preflight
 from .runlock import RunnerLock
@@ -116,6 +116,9 @@ def run(params: str, force: bool = False, only: list[str] | None = None, overrid
         upstream, upstream_ran = None, False
         for key, nb in stages:
             sdir = run_dir / STAGES[key]
+            if key in OPTIONAL and not _switch(cfg, OPTIONAL[key]):
+                log(f"[{key}] {nb.stem}: off ({OPTIONAL[key]}: false)")
+                continue
             manifest_path = sdir / "manifest.json"
             old = read_json(manifest_path) if manifest_path.is_file() else None
             fp = stage_fingerprint(cfg, key, root, nb, upstream, code)
@@ -175,7 +178,7 @@ def _guard_params(run_dir: Path, cfg: RunConfig, force: bool, overwrite: str | N
     if not prev.is_file():
         return
     old, new = read_json(prev), dataclasses.asdict(cfg)
-    diff = differing_keys(old, new)
+    diff = [d for d in differing_keys(old, new) if d.split(":")[0] not in OPTIONAL.values()]  # switches only skip
     if not diff or force:
         return
     first = min((k for k, secs in STAGE_SECTIONS.items() for d in diff if d.split(".")[0].split(":")[0] in secs),
@@ -189,6 +192,13 @@ def _guard_params(run_dir: Path, cfg: RunConfig, force: bool, overwrite: str | N
     raise ConfigError(f"{run_dir} holds a finished run with other params ({shown}). Nothing was changed. Use "
                       f"another run_id (run_id: in the params file, or --run-id), or replace it with --force "
                       f"(every stage) or --overwrite {first} (stages {first} and later).")
+
+
+def _switch(cfg: RunConfig, dotted: str) -> bool:
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return bool(obj)
 
 
 def _now() -> str:

@@ -81,4 +81,13 @@ def summarize_run(run_dir: str | Path) -> str:
             out += ["## Process-reward ablation", _md(r5["ablation"])]
             if "ablation_comparisons" in r5:
                 out += [_md(r5["ablation_comparisons"], 2)]
+    r6 = stage_module("06").load(rd / STAGES["06"])
+    if "results" in r6:
+        out += ["## Self-training (held-out greedy reward of each fine-tuned policy; bootstrap 95% intervals)",
+                _md(r6["results"])]
+        if "generation" in r6:
+            out += ["data generated on training tasks (rewards read there: that is how training data is chosen):",
+                    _md(r6["generation"])]
+        if "comparisons" in r6:
+            out += ["paired differences A - B (held-out reward x100 per task):", _md(r6["comparisons"], 2)]
     return "\n\n".join(out) + "\n"

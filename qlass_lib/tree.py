@@ -260,12 +260,19 @@ def load_trees(path: str | Path) -> list[Tree]:
     return [Tree.from_dict(r) for r in read_jsonl(path)]
 
 
-def tree_tasks(env: TextEnv, cfg) -> list[TaskRef]:
-    """The training tasks that get a tree: ``tree.num_tasks_per_type`` per type of ``env.train_split``; with
-    ``tree.disjoint_from_bc`` only tasks BC did not train on (after the first ``env.train_per_type``)."""
+def exploration_pool(env: TextEnv, cfg) -> list[TaskRef]:
+    """The training tasks that exploration (trees, self-training data) draws from: ``env.train_split``; with
+    ``tree.disjoint_from_bc`` only tasks BC did not train on (after the first ``env.train_per_type`` per type)."""
     from .envs import per_type
     pool = env.tasks(cfg.env.train_split)
     if cfg.tree.disjoint_from_bc:
         seen = {t.id for t in per_type(pool, cfg.env.train_per_type)}
         pool = [t for t in pool if t.id not in seen]
-    return per_type(pool, cfg.tree.num_tasks_per_type)
+    return pool
+
+
+def tree_tasks(env: TextEnv, cfg, per_type_count: int | None = None) -> list[TaskRef]:
+    """The training tasks that get a tree: the first ``tree.num_tasks_per_type`` (or ``per_type_count``) of
+    every type of :func:`exploration_pool`."""
+    from .envs import per_type
+    return per_type(exploration_pool(env, cfg), per_type_count or cfg.tree.num_tasks_per_type)

@@ -310,3 +310,15 @@ def test_killed_and_resumed_search_equals_an_uninterrupted_one(tiny_tok, tmp_pat
     def strip(eps):
         return sorted(({k: v for k, v in e.items() if k != "budget"} for e in eps), key=lambda e: (e["task"], e["traj"]))
     assert strip(whole) == strip(resumed) and len(whole) == 6
+
+
+def test_stage06_runs_only_when_switched_on_and_reuses_01_to_05(project):
+    ex = FakeExecutor()
+    logs = _run(project, ex)
+    assert ex.ran == ["01", "02", "03", "04", "05"] and any("off (self_training.enabled: false)" in l for l in logs)
+    ex2 = FakeExecutor()
+    logs = _run(project, ex2, overrides={"self_training": {"enabled": True}})  # only stage 06's section changed
+    assert ex2.ran == ["06"] and sum("up to date" in l for l in logs) == 5
+    ex3 = FakeExecutor()  # switched off again: the ordinary run goes on and leaves stage 06's results alone
+    logs = _run(project, ex3)
+    assert ex3.ran == [] and (project[0] / "runs" / "r" / STAGES["06"] / "manifest.json").is_file()

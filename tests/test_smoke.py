@@ -124,6 +124,39 @@ def test_stage04_05_artifacts(smoke_run):
     assert (RUN / "05_guided_search.ipynb").is_file()
 
 
+@pytest.mark.smoke
+def test_stage06_self_training_artifacts(smoke_run):
+    import csv
+    d, d1 = RUN / "06_self_training", RUN / "01_behavior_cloning"
+    assert json.loads((d / "manifest.json").read_text())["status"] == "complete"
+    assert (RUN / "06_self_training.ipynb").is_file() and (d / "self_training.png").stat().st_size > 1000
+    rows = {r["method"]: r for r in csv.DictReader((d / "results.csv").open())}
+    methods = ["SFT", "QLASS-ST", "QLASS-ST (avg_reward)", "QLASS-ST (outcome)", "RFT"]
+    assert list(rows) == methods and all(int(r["tasks"]) == 4 for r in rows.values())
+    sft_eval = {e["task"] for e in map(json.loads, (d1 / "eval_episodes.jsonl").read_text().splitlines())}
+    gen = [json.loads(l) for l in (d / "generation.jsonl").read_text().splitlines()]
+    tok = {}
+    for e in gen:
+        tok[(e["method"], e["task"])] = tok.get((e["method"], e["task"]), 0) + e["budget"]["gen_tokens"]
+    tasks = {e["task"] for e in gen}
+    assert len(tasks) == 4 and not tasks & sft_eval  # generated on training tasks, evaluated on held-out ones
+    assert sum(e["method"] == "QLASS-ST" for e in gen) == 4  # N = 1 per task
+    for t in tasks:  # RFT spent at least QLASS-ST's tokens on every task (or hit its cap of 3 samples)
+        n_rft = sum(e["method"] == "RFT" and e["task"] == t for e in gen)
+        assert tok[("RFT", t)] >= tok[("QLASS-ST", t)] or n_rft == 3
+    sft_train = json.loads((d1 / "bc_result.json").read_text())
+    for m in methods[1:]:
+        name = m.lower().replace(" (", "_").replace(")", "")
+        kept = (d / "data" / f"{name}.jsonl").read_text().splitlines()
+        res = json.loads((d / "finetune" / name / "bc_result.json").read_text())
+        assert res["train_tasks"] == sft_train["train_tasks"] + len(kept)  # expert train split + kept trajectories
+        assert res["val_tasks"] == sft_train["val_tasks"] and res["steps"] > 0
+        evals = [json.loads(l) for l in (d / f"eval_{name}.jsonl").read_text().splitlines()]
+        assert {e["task"] for e in evals} == sft_eval
+    comp = {(c["A"], c["B"]) for c in csv.DictReader((d / "comparisons.csv").open())}
+    assert ("QLASS-ST", "SFT") in comp and ("QLASS-ST", "RFT") in comp
+
+
 WS_DATA = ROOT.parent / "shared" / "data" / "webshop"
 
 

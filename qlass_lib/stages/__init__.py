@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from ..context import STAGES
 
-MODULES = {"01": "behavior_cloning", "02": "trees", "03": "q_values", "04": "qnet_training", "05": "guided_search"}
+MODULES = {"01": "behavior_cloning", "02": "trees", "03": "q_values", "04": "qnet_training", "05": "guided_search",
+           "06": "self_training"}
 
 
 def stage_module(key: str):
-    """The module that runs stage ``key`` (``"01"`` .. ``"05"``)."""
+    """The module that runs stage ``key`` (``"01"`` .. ``"06"``)."""
     import importlib
     return importlib.import_module(f"{__name__}.{MODULES[key]}")
 

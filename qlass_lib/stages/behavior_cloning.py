@@ -51,6 +51,7 @@ def run(ctx) -> BCResult:
         records, stats = expert.prepare(cfg, env, out, ctx.resolve)
         example = expert.one_shot_example(records) if cfg.expert.one_shot else None
         records = expert.with_example(records, env.name, example)
+        records = bc.expert_subset(records, cfg.bc.expert_fraction)  # fewer annotations: the first share per type
         write_json(out / "prompt_example.json", example)
         per_type = pd.DataFrame([{"task_type": r["task_type"],
                                   "agent_turns": sum(c["from"] == "gpt" for c in r["conversations"])} for r in records])
@@ -75,6 +76,7 @@ def run(ctx) -> BCResult:
     table.to_csv(out / "bc_eval.csv", index=False)
     n_params = models.count_parameters(model)
     metrics = {"schema_version": 1, "split": cfg.env.eval_split, "per_type": table.to_dict("records"),
+               "bc_trajectories": len(records), "expert_fraction": cfg.bc.expert_fraction,
                "parameters": n_params, "train_seconds": result["train_seconds"], "env_errors": env_errors}
     write_json(out / "bc_metrics.json", metrics)
     figures["eval"] = out / "bc_eval.png"

@@ -1,0 +1,116 @@
+"""Stage 06 · self-training (optional: ``self_training.enabled``): QLASS-ST with the QNet of every target in
+``self_training.targets`` (the paper's process-reward comparison), the RFT baseline at the same generated tokens
+per task, one fine-tune each from stage 01's base with the BC recipe, and a greedy evaluation on stage 01's
+held-out tasks, compared with SFT (stage 01's policy) as paired per-task differences.
+
+Artifacts (``runs/<id>/06_self_training/``): ``generation.jsonl`` (every generated training episode),
+``data/<method>.jsonl`` (the kept trajectories), ``finetune/<method>/`` (policy, ``bc_result.json``),
+``eval_<method>.jsonl``, ``generation.csv``, ``results.csv``, ``comparisons.csv``, ``self_training.png``,
+``self_training.json``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import close_figure
+
+
+@dataclass
+class SelfTrainingResult:
+    out: Path
+    description: str             # tasks, M, N, the keep rule
+    generation: pd.DataFrame     # generation.csv: per method, what was generated on training tasks and kept
+    results: pd.DataFrame        # results.csv: held-out greedy reward with bootstrap intervals, per policy
+    comparisons: pd.DataFrame    # comparisons.csv: paired per-task differences
+    summary: dict                # self_training.json
+    figures: dict = field(default_factory=dict)
+
+
+def run(ctx) -> SelfTrainingResult:
+    import gc
+
+    from .. import self_training as st_lib
+    from ..agent import Policy, greedy_chooser
+    from ..artifacts import read_json, read_jsonl, write_json
+    from ..bc import fit_policy
+    from ..context import STAGES
+    from ..envs import eval_tasks, make_env
+    from ..evaluation import evaluate
+    from ..qnet import load_qnet
+    from ..tree import tree_tasks
+    cfg, st, out = ctx.cfg, ctx.cfg.self_training, ctx.stage_dir("06")
+    example = ctx.example()
+    env = make_env(cfg.env)
+    try:
+        policy = ctx.policy(env.name)
+        tasks = tree_tasks(env, cfg, st.tasks_per_type)
+        desc = (f"{len(tasks)} training tasks; Q-guided generation M={st.m_candidates}, N={st.trajectories_per_task}, "
+                f"T={st.sampling.temperature}; kept when reward >= {st.min_reward}; RFT at the same tokens per task: "
+                f"{st.rft}")
+        generated: dict[str, list[dict]] = {}
+        for target in st.targets:
+            qnet = load_qnet(ctx.run_dir / STAGES["04"] / f"qnet_{target}", cfg.model)
+            method = st_lib.TARGET_METHODS[target]
+            generated[method] = st_lib.guided_generation(env, tasks, policy, qnet, st, out / "generation.jsonl",
+                                                         method, cfg.seed, example)
+            del qnet
+            gc.collect()
+        if st.rft:
+            reference = generated[st_lib.TARGET_METHODS[st.targets[0]]] if st.targets else []
+            budget = st_lib.tokens_per_task(reference)
+            generated["RFT"] = st_lib.rft_generation(env, tasks, policy, st.sampling, budget, st.rft_max_per_task,
+                                                     out / "generation.jsonl", cfg.seed, example)
+        experts, base = ctx.expert_records(), ctx.bc_base()
+        held_out = eval_tasks(env, cfg.env)
+        evals = {"SFT": [e for e in read_jsonl(ctx.run_dir / STAGES["01"] / "eval_episodes.jsonl")
+                         if e["task"] in {t.id for t in held_out}]}
+        kept_counts = {}
+        train = {"SFT": read_json(ctx.run_dir / STAGES["01"] / "bc_result.json")}
+        for method, eps in generated.items():
+            kept, kept_counts[method] = st_lib.select(eps, st.min_reward)
+            records = [st_lib.episode_record(e, env.name, example) for e in kept]
+            name = st_lib.slug(method)
+            (out / "data").mkdir(exist_ok=True)
+            _write_records(out / "data" / f"{name}.jsonl", records)
+            model, tok, train[method] = fit_policy(cfg, experts, base, out / "finetune" / name, extra_train=records,
+                                                   pretrain=False)
+            tuned = Policy(model, tok, cfg.model, cfg.bc.max_length, env.name)
+            evals[method] = evaluate(env, held_out, lambda budget, p=tuned: greedy_chooser(p, budget),
+                                     out / f"eval_{name}.jsonl", desc=f"greedy eval {method}", example=example)
+            del model, tuned
+            gc.collect()
+    finally:
+        env.close()
+    gen = st_lib.generation_table(generated, kept_counts)
+    results = st_lib.results_table(evals, train)
+    comp = st_lib.comparisons(evals, st_lib.standard_pairs(list(evals)))
+    gen.to_csv(out / "generation.csv", index=False)
+    results.to_csv(out / "results.csv", index=False)
+    comp.to_csv(out / "comparisons.csv", index=False)
+    summary = {"schema_version": 1, "split": cfg.env.eval_split, "training_tasks": len(tasks),
+               "eval_tasks": len(held_out), "description": desc, "kept": kept_counts,
+               "train": {m: {k: v for k, v in r.items() if k != "history"} for m, r in train.items()}}
+    write_json(out / "self_training.json", summary)
+    figures = {"bars": out / "self_training.png"}
+    close_figure(st_lib.bar_figure(results, figures["bars"]))
+    return SelfTrainingResult(out, desc, gen, results, comp, summary, figures)
+
+
+def _write_records(path: Path, records: list[dict]) -> None:
+    """The kept trajectories, rewritten whole (they are a pure function of the generation log)."""
+    import json
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
+
+
+def load(stage_dir: Path) -> dict:
+    """What a finished stage 06 wrote, for ``report`` (nothing when the stage is off)."""
+    d, out = Path(stage_dir), {}
+    for key, name in (("results", "results.csv"), ("comparisons", "comparisons.csv"), ("generation", "generation.csv")):
+        if (d / name).is_file():
+            out[key] = pd.read_csv(d / name)
+    return out
