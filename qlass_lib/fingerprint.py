@@ -63,6 +63,16 @@ def stage_fingerprint(cfg: RunConfig, key: str, root: Path, notebook: Path, upst
     return parts
 
 
+def with_new_defaults(old: dict, sections: list[str] | None = None) -> dict:
+    """Recorded params with every key the config has gained since filled in at its default (within
+    ``sections`` of the config, or all of it): a key added to the library later, at its default, reproduces what
+    the run did before the key existed, so it is not a change."""
+    from .config import deep_merge
+    defaults = dataclasses.asdict(RunConfig())
+    keep = defaults if sections is None else {k: defaults[k] for k in sections if k in defaults}
+    return deep_merge(keep, old)
+
+
 def changed_parts(old: dict | None, new: dict) -> list[str]:
     if not old:
         return ["(no fingerprint recorded)"]

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Callable
 
 from .artifacts import artifact_digests, git_commit, guard_hits, read_json, versions, write_json
-from .config import ConfigError, RunConfig, load_config
+from .config import ConfigError, RunConfig, config_hash, load_config
 from .context import OPTIONAL, STAGES, project_root
-from .fingerprint import STAGE_SECTIONS, changed_parts, differing_keys, source_hash, stage_fingerprint
+from .fingerprint import (STAGE_SECTIONS, changed_parts, differing_keys, source_hash, stage_fingerprint,
+                          with_new_defaults)
 from .preflight import preflight
 from .runlock import RunnerLock
 
@@ -130,6 +131,9 @@ def run(params: str, force: bool = False, only: list[str] | None = None, overrid
                 continue
             complete = old is not None and old.get("status") == "complete"
             changed = changed_parts(old.get("fingerprint") if old else None, fp) if complete else []
+            if "params" in changed and isinstance(old.get("params"), dict) and \
+                    config_hash(with_new_defaults(old["params"], STAGE_SECTIONS[key])) == fp["params"]:
+                changed.remove("params")  # only keys added to the config since, at their defaults
             damaged = _files_match(sdir, old) if complete else []
             if complete and not force and not changed and not damaged:
                 log(f"[{key}] {nb.stem}: up to date, skipped")
@@ -177,7 +181,7 @@ def _guard_params(run_dir: Path, cfg: RunConfig, force: bool, overwrite: str | N
     prev = run_dir / "params.json"
     if not prev.is_file():
         return
-    old, new = read_json(prev), dataclasses.asdict(cfg)
+    old, new = with_new_defaults(read_json(prev)), dataclasses.asdict(cfg)
     diff = [d for d in differing_keys(old, new) if d.split(":")[0] not in OPTIONAL.values()]  # switches only skip
     if not diff or force:
         return

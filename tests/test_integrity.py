@@ -322,3 +322,24 @@ def test_stage06_runs_only_when_switched_on_and_reuses_01_to_05(project):
     ex3 = FakeExecutor()  # switched off again: the ordinary run goes on and leaves stage 06's results alone
     logs = _run(project, ex3)
     assert ex3.ran == [] and (project[0] / "runs" / "r" / STAGES["06"] / "manifest.json").is_file()
+
+
+def test_a_key_added_to_the_config_later_at_its_default_is_not_a_change(project):
+    """Runs recorded before a key existed (here bc.expert_fraction and the self_training section) stay valid."""
+    root, p = project
+    _run(project, FakeExecutor())
+    run = root / "runs" / "r"
+    params = json.loads((run / "params.json").read_text())
+    del params["bc"]["expert_fraction"], params["self_training"]
+    (run / "params.json").write_text(json.dumps(params))
+    m_path = run / STAGES["01"] / "manifest.json"
+    m = json.loads(m_path.read_text())
+    del m["params"]["bc"]["expert_fraction"]
+    m["fingerprint"]["params"] = "0000000000000000"  # the hash the older library wrote
+    m_path.write_text(json.dumps(m))
+    ex = FakeExecutor()
+    logs = _run(project, ex)
+    assert ex.ran == [] and sum("up to date" in l for l in logs) == 5
+    ex = FakeExecutor()
+    with pytest.raises(ConfigError, match="bc.expert_fraction: 1.0 -> 0.5"):  # a real change still is one
+        _run(project, ex, overrides={"bc": {"expert_fraction": 0.5}})
