@@ -19,8 +19,10 @@ def run_id_for(base: str, fraction: float) -> str:
     return base if fraction >= 1.0 else f"{base}-expert{int(round(100 * fraction))}"
 
 
-def run_fractions(params: str | Path, fractions: list[float], overrides: dict | None = None, log=print) -> list[Path]:
-    """The series once per share (each its own run folder, resumable like any run)."""
+def run_fractions(params: str | Path, fractions: list[float], overrides: dict | None = None, log=print,
+                  reuse: bool = False, **run_kw) -> list[Path]:
+    """The series once per share (each its own run folder, resumable like any run); ``run_kw`` goes to
+    :func:`qlass_lib.pipeline.run` (``root``, ``execute``)."""
     from .config import ConfigError, deep_merge
     from .pipeline import load_run_config, run
     bad = [f for f in fractions if not 0 < f <= 1]
@@ -31,7 +33,7 @@ def run_fractions(params: str | Path, fractions: list[float], overrides: dict | 
     for f in fractions:
         over = deep_merge(dict(overrides or {}), {"bc": {"expert_fraction": float(f)}})
         log(f"== expert share {f:g}: run {run_id_for(cfg.run_id, f)}")
-        dirs.append(run(params, overrides=over, run_id=run_id_for(cfg.run_id, f), log=log))
+        dirs.append(run(params, overrides=over, run_id=run_id_for(cfg.run_id, f), log=log, reuse=reuse, **run_kw))
     return dirs
 
 

@@ -86,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     an.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.5, 0.25],
                     help="shares of the expert trajectories BC trains on (1 = the ordinary run)")
     an.add_argument("--set", dest="sets", action="append", default=[], help="override a key, as for run")
+    an.add_argument("--reuse", action="store_true", help="as for run: keep complete stages whose code changed")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "annotations":
             from . import annotations
             from .pipeline import load_run_config
-            dirs = annotations.run_fractions(args.params, args.fractions, parse_set(args.sets))
+            dirs = annotations.run_fractions(args.params, args.fractions, parse_set(args.sets), reuse=args.reuse)
             out = dirs[0].parent / f"{load_run_config(args.params, parse_set(args.sets))[0].run_id}-annotations"
             tab = annotations.write(dirs, out)
             print(tab.round(2).to_string(index=False))

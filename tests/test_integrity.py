@@ -343,3 +343,14 @@ def test_a_key_added_to_the_config_later_at_its_default_is_not_a_change(project)
     ex = FakeExecutor()
     with pytest.raises(ConfigError, match="bc.expert_fraction: 1.0 -> 0.5"):  # a real change still is one
         _run(project, ex, overrides={"bc": {"expert_fraction": 0.5}})
+
+
+def test_fewer_annotations_runs_one_series_per_expert_share(project):
+    from qlass_lib import annotations
+    root, p = project
+    ex = FakeExecutor()
+    dirs = annotations.run_fractions(str(p), [1.0, 0.5], root=root, execute=ex, log=lambda m: None)
+    assert [d.name for d in dirs] == ["r", "r-expert50"] and ex.ran == ["01", "02", "03", "04", "05"] * 2
+    assert json.loads((dirs[1] / "params.json").read_text())["bc"]["expert_fraction"] == 0.5
+    with pytest.raises(ConfigError, match="not in"):
+        annotations.run_fractions(str(p), [0.0], root=root, execute=ex, log=lambda m: None)
