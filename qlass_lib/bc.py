@@ -265,12 +265,13 @@ def expert_subset(records: list[dict], fraction: float) -> list[dict]:
 
 
 def fit_policy(cfg, records: list[dict], base: str, out_dir, extra_train: list[dict] | None = None,
-               pretrain: bool = True) -> tuple[object, object, dict]:
+               pretrain: bool = True, train_seed: int | None = None) -> tuple[object, object, dict]:
     """Train (or, when already finished, reload) the BC policy; returns (model, tokenizer, result).
 
     ``extra_train`` (e.g. self-generated trajectories) joins the training split only, so the validation tasks
     are the expert ones of the same seed whatever is added; ``pretrain=False`` starts from ``base`` as it is
-    (a fine-tune from an already pretrained base)."""
+    (a fine-tune from an already pretrained base); ``train_seed`` (default ``cfg.seed``) orders the batches,
+    while the validation split always follows ``cfg.seed``."""
     from .artifacts import read_json, write_json
     from .models import load_model, load_policy, load_tokenizer, save_policy
     out_dir = Path(out_dir)
@@ -286,8 +287,9 @@ def fit_policy(cfg, records: list[dict], base: str, out_dir, extra_train: list[d
     train_recs = train_recs + list(extra_train or [])
     train_ex = build_examples(tok, train_recs, cfg.bc.max_length)
     val_ex = build_examples(tok, val_recs, cfg.bc.max_length)
-    result = train_bc(model, tok, train_ex, val_ex, cfg.bc, cfg.model, out_dir, cfg.seed)
-    result.update(train_examples=len(train_ex), val_examples=len(val_ex), train_tasks=len(train_recs),
+    seed = cfg.seed if train_seed is None else train_seed
+    result = train_bc(model, tok, train_ex, val_ex, cfg.bc, cfg.model, out_dir, seed)
+    result.update(train_seed=seed, train_examples=len(train_ex), val_examples=len(val_ex), train_tasks=len(train_recs),
                   val_tasks=len(val_recs), base_model=base,
                   supervised_tokens_per_epoch=sum(sum(1 for x in e.labels if x != IGNORE) for e in train_ex))
     save_policy(model, tok, out_dir / "policy", base)

@@ -196,6 +196,7 @@ class SelfTrainingConfig:
     min_reward: float = doc(1.0, "a generated trajectory joins the fine-tuning data when its reward reaches this (the same rule for QLASS-ST and RFT)", ge=0, le=1)
     targets: list[str] = doc(["q", "avg_reward", "outcome"], "QNets (by training target) whose guided data gets one fine-tune each; 'q' is QLASS-ST")
     rft: bool = doc(True, "also run the RFT baseline: policy samples on the same tasks, the same generated tokens per task")
+    control_seeds: list[int] = doc([1], "SFT retrained on the expert data alone with these training seeds (batch order): how far two SFT runs differ is the noise a self-training difference must clear")
     rft_max_per_task: int = doc(8, "cap on RFT samples per task (sampling stops earlier once the task's token budget is spent)", ge=1)
 
 

@@ -146,7 +146,7 @@ def comparisons(evals: dict[str, list[dict]], pairs: list[tuple[str, str]]) -> p
 
 def standard_pairs(methods: list[str]) -> list[tuple[str, str]]:
     """Every method against SFT, QLASS-ST against RFT, and the process-reward order q > avg_reward > outcome."""
-    pairs = [(m, "SFT") for m in methods if m != "SFT"]
+    pairs = [(m, "SFT") for m in methods if m != "SFT"]  # incl. "SFT (seed k)": the training-noise floor
     q, avg, out = (TARGET_METHODS[t] for t in ("q", "avg_reward", "outcome"))
     pairs += [p for p in [(q, "RFT"), (q, avg), (avg, out), (q, out)] if p[0] in methods and p[1] in methods]
     return pairs
@@ -160,7 +160,8 @@ def bar_figure(results: pd.DataFrame, path: str | Path):
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(results)), 3.4))
     y = results.mean_reward_x100.to_numpy()
     err = [y - results.ci_low.to_numpy(), results.ci_high.to_numpy() - y]
-    ax.bar(range(len(results)), y, yerr=err, capsize=4, color=["0.6"] + ["C0"] * (len(results) - 1))
+    ax.bar(range(len(results)), y, yerr=err, capsize=4,
+           color=["0.6" if m.startswith("SFT") else "C1" if m == "RFT" else "C0" for m in results.method])
     ax.set_xticks(range(len(results)), results.method, rotation=20, ha="right")
     ax.set_ylabel("held-out reward x100 (greedy)")
     ax.set_title("self-training: data from Q-guided generation vs RFT vs SFT")

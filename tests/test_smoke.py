@@ -131,7 +131,7 @@ def test_stage06_self_training_artifacts(smoke_run):
     assert json.loads((d / "manifest.json").read_text())["status"] == "complete"
     assert (RUN / "06_self_training.ipynb").is_file() and (d / "self_training.png").stat().st_size > 1000
     rows = {r["method"]: r for r in csv.DictReader((d / "results.csv").open())}
-    methods = ["SFT", "QLASS-ST", "QLASS-ST (avg_reward)", "QLASS-ST (outcome)", "RFT"]
+    methods = ["SFT", "SFT (seed 1)", "QLASS-ST", "QLASS-ST (avg_reward)", "QLASS-ST (outcome)", "RFT"]
     assert list(rows) == methods and all(int(r["tasks"]) == 4 for r in rows.values())
     sft_eval = {e["task"] for e in map(json.loads, (d1 / "eval_episodes.jsonl").read_text().splitlines())}
     gen = [json.loads(l) for l in (d / "generation.jsonl").read_text().splitlines()]
@@ -145,7 +145,10 @@ def test_stage06_self_training_artifacts(smoke_run):
         n_rft = sum(e["method"] == "RFT" and e["task"] == t for e in gen)
         assert tok[("RFT", t)] >= tok[("QLASS-ST", t)] or n_rft == 3
     sft_train = json.loads((d1 / "bc_result.json").read_text())
-    for m in methods[1:]:
+    control = json.loads((d / "finetune" / "sft_seed1" / "bc_result.json").read_text())
+    assert control["train_seed"] == 1 and control["train_tasks"] == sft_train["train_tasks"]
+    assert control["val_tasks"] == sft_train["val_tasks"]
+    for m in methods[2:]:
         name = m.lower().replace(" (", "_").replace(")", "")
         kept = (d / "data" / f"{name}.jsonl").read_text().splitlines()
         res = json.loads((d / "finetune" / name / "bc_result.json").read_text())
@@ -154,7 +157,7 @@ def test_stage06_self_training_artifacts(smoke_run):
         evals = [json.loads(l) for l in (d / f"eval_{name}.jsonl").read_text().splitlines()]
         assert {e["task"] for e in evals} == sft_eval
     comp = {(c["A"], c["B"]) for c in csv.DictReader((d / "comparisons.csv").open())}
-    assert ("QLASS-ST", "SFT") in comp and ("QLASS-ST", "RFT") in comp
+    assert ("QLASS-ST", "SFT") in comp and ("QLASS-ST", "RFT") in comp and ("SFT (seed 1)", "SFT") in comp
 
 
 WS_DATA = ROOT.parent / "shared" / "data" / "webshop"

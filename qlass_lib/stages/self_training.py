@@ -33,12 +33,11 @@ def run(ctx) -> SelfTrainingResult:
     import gc
 
     from .. import self_training as st_lib
-    from ..agent import Policy, greedy_chooser
+    from ..agent import Policy
     from ..artifacts import read_json, read_jsonl, write_json
     from ..bc import fit_policy
     from ..context import STAGES
     from ..envs import eval_tasks, make_env
-    from ..evaluation import evaluate
     from ..qnet import load_qnet
     from ..tree import tree_tasks
     cfg, st, out = ctx.cfg, ctx.cfg.self_training, ctx.stage_dir("06")
@@ -69,6 +68,12 @@ def run(ctx) -> SelfTrainingResult:
                          if e["task"] in {t.id for t in held_out}]}
         kept_counts = {}
         train = {"SFT": read_json(ctx.run_dir / STAGES["01"] / "bc_result.json")}
+        for seed in st.control_seeds:  # the noise floor: SFT's own data, another batch order
+            method = f"SFT (seed {seed})"
+            model, tok, train[method] = fit_policy(cfg, experts, base, out / "finetune" / f"sft_seed{seed}",
+                                                   pretrain=False, train_seed=seed)
+            evals[method] = _evaluate(env, held_out, Policy(model, tok, cfg.model, cfg.bc.max_length, env.name),
+                                      out / f"eval_sft_seed{seed}.jsonl", method, example)
         for method, eps in generated.items():
             kept, kept_counts[method] = st_lib.select(eps, st.min_reward)
             records = [st_lib.episode_record(e, env.name, example) for e in kept]
@@ -77,10 +82,9 @@ def run(ctx) -> SelfTrainingResult:
             _write_records(out / "data" / f"{name}.jsonl", records)
             model, tok, train[method] = fit_policy(cfg, experts, base, out / "finetune" / name, extra_train=records,
                                                    pretrain=False)
-            tuned = Policy(model, tok, cfg.model, cfg.bc.max_length, env.name)
-            evals[method] = evaluate(env, held_out, lambda budget, p=tuned: greedy_chooser(p, budget),
-                                     out / f"eval_{name}.jsonl", desc=f"greedy eval {method}", example=example)
-            del model, tuned
+            evals[method] = _evaluate(env, held_out, Policy(model, tok, cfg.model, cfg.bc.max_length, env.name),
+                                      out / f"eval_{name}.jsonl", method, example)
+            del model
             gc.collect()
     finally:
         env.close()
@@ -97,6 +101,14 @@ def run(ctx) -> SelfTrainingResult:
     figures = {"bars": out / "self_training.png"}
     close_figure(st_lib.bar_figure(results, figures["bars"]))
     return SelfTrainingResult(out, desc, gen, results, comp, summary, figures)
+
+
+def _evaluate(env, tasks, policy, path: Path, method: str, example) -> list[dict]:
+    """Greedy episodes of a fine-tuned policy on the held-out tasks (resumable)."""
+    from ..agent import greedy_chooser
+    from ..evaluation import evaluate
+    return evaluate(env, tasks, lambda budget: greedy_chooser(policy, budget), path, desc=f"greedy eval {method}",
+                    example=example)
 
 
 def _write_records(path: Path, records: list[dict]) -> None:
