@@ -45,8 +45,11 @@ def table(run_dirs: list[str | Path]) -> pd.DataFrame:
     for rd in map(Path, run_dirs):
         met = read_json(rd / STAGES["01"] / "bc_metrics.json")
         allrow = next(r for r in met["per_type"] if r["task_type"] == "all")
-        base = {"run": rd.name, "expert_fraction": met.get("expert_fraction", 1.0),
-                "bc_trajectories": met.get("bc_trajectories")}
+        n_bc = met.get("bc_trajectories")
+        if n_bc is None and (rd / STAGES["01"] / "bc_result.json").is_file():  # runs recorded before the field
+            res = read_json(rd / STAGES["01"] / "bc_result.json")
+            n_bc = res["train_tasks"] + res["val_tasks"]
+        base = {"run": rd.name, "expert_fraction": met.get("expert_fraction", 1.0), "bc_trajectories": n_bc}
         rows.append({**base, "method": "SFT (greedy)", "reward_x100_first": allrow["mean_reward_x100"],
                      "success_pct_first": allrow["success_rate_pct"]})
         res = rd / STAGES["05"] / "results.csv"
@@ -57,6 +60,18 @@ def table(run_dirs: list[str | Path]) -> pd.DataFrame:
             for r in t[t.method != "greedy"][["method"] + keep].to_dict("records"):
                 rows.append({**base, **r})
     return pd.DataFrame(rows)
+
+
+def comparisons(run_dirs: list[str | Path]) -> pd.DataFrame:
+    """Each run's paired differences (stage 05's ``comparisons.csv``: per task, bootstrap 95% intervals), side by side."""
+    from .artifacts import read_json
+    frames = []
+    for rd in map(Path, run_dirs):
+        p = rd / STAGES["05"] / "comparisons.csv"
+        if p.is_file():
+            frac = read_json(rd / STAGES["01"] / "bc_metrics.json").get("expert_fraction", 1.0)
+            frames.append(pd.read_csv(p).assign(run=rd.name, expert_fraction=frac))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def figure(tab: pd.DataFrame, path: str | Path):
@@ -80,8 +95,9 @@ def write(run_dirs: list[Path], out_dir: str | Path) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     tab = table(run_dirs)
     tab.to_csv(out / "annotations.csv", index=False)
+    comparisons(run_dirs).to_csv(out / "annotations_comparisons.csv", index=False)
     plt.close(figure(tab, out / "annotations.png"))
     return tab
 
 
-__all__ = ["run_id_for", "run_fractions", "table", "figure", "write"]
+__all__ = ["run_id_for", "run_fractions", "table", "comparisons", "figure", "write"]

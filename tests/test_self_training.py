@@ -122,7 +122,11 @@ def test_annotations_table_reads_each_runs_sft_and_search_rows(tmp_path):
                       {"method": "Best-of-N", "reward_x100_first": sft - 1, "reward_x100_oracle_bestofN": sft + 9},
                       {"method": "QLASS-M2", "reward_x100_first": sft + 1, "reward_x100_oracle_bestofN": sft + 8}]
                      ).to_csv(d / "05_guided_search" / "results.csv", index=False)
+        pd.DataFrame([{"score": "first", "A": "QLASS-M2", "B": "greedy", "tasks": 4, "mean_diff": 1.0}]).to_csv(
+            d / "05_guided_search" / "comparisons.csv", index=False)
     tab = annotations.write([tmp_path / "r", tmp_path / "r-expert50"], tmp_path / "out")
+    comp = pd.read_csv(tmp_path / "out" / "annotations_comparisons.csv")
+    assert comp.expert_fraction.tolist() == [1.0, 0.5] and comp.run.tolist() == ["r", "r-expert50"]
     assert list(tab.method) == ["SFT (greedy)", "Best-of-N", "QLASS-M2"] * 2
     assert tab[tab.method == "SFT (greedy)"].reward_x100_first.tolist() == [60.0, 40.0]
     assert tab.bc_trajectories.tolist() == [200] * 3 + [100] * 3
