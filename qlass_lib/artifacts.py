@@ -28,6 +28,16 @@ def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
 
 
+def write_jsonl(path: str | Path, records: list[dict]) -> Path:
+    """Write a whole JSONL file atomically (temp file + rename), for files derived from others."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
+    os.replace(tmp, path)
+    return path
+
+
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one record and flush it to disk."""
     path = Path(path)

@@ -85,6 +85,12 @@ def qlass_chooser(policy: Policy, qnet, m: int, sampling, budget: Budget, paraph
     return choose
 
 
+def episode_log_record(method: str, traj: int, seed: int, ep, task: TaskRef, budget: Budget, **tag) -> dict:
+    """The record of one finished search/generation episode, as every episode log stores it."""
+    return {"method": method, "traj": traj, "seed": seed, **tag, **ep.to_dict(), "task_type": task.task_type,
+            "variation": task.variation, "budget": budget.snapshot()}
+
+
 def run_method(env: TextEnv, tasks: list[TaskRef], method: str, make_chooser, n_traj: int, out_path: str | Path,
                paraphraser: Paraphraser | None = None, per_trajectory_task_text: bool = False, example=None,
                seed: int = 0, **tag) -> list[dict]:
@@ -102,8 +108,7 @@ def run_method(env: TextEnv, tasks: list[TaskRef], method: str, make_chooser, n_
             text_fn = lambda text, i=i: paraphraser(text, i)  # noqa: E731
         chooser = make_chooser(budget, i)
         ep = run_episode(env, task, chooser, budget, example=example, task_text_fn=text_fn)
-        log.append({"method": method, "traj": i, "seed": seed, **tag, **ep.to_dict(), "task_type": task.task_type,
-                    "variation": task.variation, "budget": budget.snapshot()})
+        log.append(episode_log_record(method, i, seed, ep, task, budget, **tag))
     wanted = {t.id for t in tasks}
     return log.records(lambda r: r["method"] == method and r["task"] in wanted and r.get("seed", 0) == seed)
 

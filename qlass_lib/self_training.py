@@ -91,7 +91,7 @@ def rft_generation(env: TextEnv, tasks: list[TaskRef], policy, sampling, token_b
     import torch
 
     from .agent import run_episode
-    from .search import episode_seed, sampling_chooser
+    from .search import episode_log_record, episode_seed, sampling_chooser
     log = ResumableLog(out_path, key=lambda r: (r["method"], r["task"], r["traj"], r.get("seed", 0)))
     mine = [r for r in log.records() if r["method"] == method and r.get("seed", 0) == seed]
     for task in tqdm(tasks, desc=method, leave=False):
@@ -101,8 +101,7 @@ def rft_generation(env: TextEnv, tasks: list[TaskRef], policy, sampling, token_b
             torch.manual_seed(episode_seed(seed, method, task.id, i))
             budget = Budget()
             ep = run_episode(env, task, sampling_chooser(policy, sampling, budget), budget, example=example)
-            log.append({"method": method, "traj": i, "seed": seed, **ep.to_dict(), "task_type": task.task_type,
-                        "variation": task.variation, "budget": budget.snapshot()})
+            log.append(episode_log_record(method, i, seed, ep, task, budget))
             spent += budget.gen_tokens
             i += 1
     wanted = {t.id for t in tasks}

@@ -34,7 +34,7 @@ def run(ctx) -> SelfTrainingResult:
 
     from .. import self_training as st_lib
     from ..agent import Policy
-    from ..artifacts import read_json, read_jsonl, write_json
+    from ..artifacts import read_json, read_jsonl, write_json, write_jsonl
     from ..bc import fit_policy
     from ..context import STAGES
     from ..envs import eval_tasks, make_env
@@ -78,8 +78,7 @@ def run(ctx) -> SelfTrainingResult:
             kept, kept_counts[method] = st_lib.select(eps, st.min_reward)
             records = [st_lib.episode_record(e, env.name, example) for e in kept]
             name = st_lib.slug(method)
-            (out / "data").mkdir(exist_ok=True)
-            _write_records(out / "data" / f"{name}.jsonl", records)
+            write_jsonl(out / "data" / f"{name}.jsonl", records)  # a pure function of the generation log
             model, tok, train[method] = fit_policy(cfg, experts, base, out / "finetune" / name, extra_train=records,
                                                    pretrain=False)
             evals[method] = _evaluate(env, held_out, Policy(model, tok, cfg.model, cfg.bc.max_length, env.name),
@@ -109,14 +108,6 @@ def _evaluate(env, tasks, policy, path: Path, method: str, example) -> list[dict
     from ..evaluation import evaluate
     return evaluate(env, tasks, lambda budget: greedy_chooser(policy, budget), path, desc=f"greedy eval {method}",
                     example=example)
-
-
-def _write_records(path: Path, records: list[dict]) -> None:
-    """The kept trajectories, rewritten whole (they are a pure function of the generation log)."""
-    import json
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
 
 
 def load(stage_dir: Path) -> dict:
