@@ -184,6 +184,7 @@ class SearchConfig:
     dedup_candidates: bool = doc(True, "QLASS scores each distinct action once (all generated tokens are still counted)")
     augmented: bool = doc(True, "also run the paraphrase-augmented variants BoN-aug and QLASS-aug")
     ablation_trajectories: int = doc(1, "trajectories per task for the process-reward ablation (QLASS at the largest M)", ge=1)
+    ablation_seeds: Optional[list[int]] = doc(None, "seeds of the process-reward ablation (None = search.seeds)")
 
 
 @dataclass

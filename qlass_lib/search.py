@@ -153,11 +153,13 @@ def _aug_chooser(policy, qnet, m, sampling, budget, paraphraser, dedup=True):
 def run_ablation(env: TextEnv, tasks: list[TaskRef], policy: Policy, qnets: dict, search_cfg, out_path: str | Path,
                  example=None) -> list[dict]:
     """The process-reward ablation: QLASS at the largest M guided by each QNet in ``qnets`` (target -> QNet),
-    ``search.ablation_trajectories`` per task, once per seed; methods are named ``ablation-<target>``."""
+    ``search.ablation_trajectories`` per task, once per seed of ``search.ablation_seeds`` (default: ``search.seeds``);
+    methods are named ``ablation-<target>``."""
     m = max(search_cfg.m_candidates)
+    seeds = search_cfg.seeds if search_cfg.ablation_seeds is None else search_cfg.ablation_seeds
     eps = []
     for target, qn in qnets.items():
-        for seed in search_cfg.seeds:
+        for seed in seeds:
             eps += run_method(env, tasks, f"ablation-{target}",
                               lambda b, i, qn=qn: qlass_chooser(policy, qn, m, search_cfg.sampling, b,
                                                                 dedup=search_cfg.dedup_candidates),

@@ -169,3 +169,18 @@ def test_episode_seeds_are_stable_and_distinct():
     assert a == search.episode_seed(0, "BoN", "t_1", 0)
     assert len({a, search.episode_seed(1, "BoN", "t_1", 0), search.episode_seed(0, "BoN", "t_1", 1),
                 search.episode_seed(0, "QLASS-M2", "t_1", 0)}) == 4
+
+
+def test_ablation_runs_on_its_own_seeds(tmp_path):
+    from qlass_lib.config import SearchConfig
+    env = ScriptedEnv(max_turns=3)
+    tasks = env.tasks("train")[:2]
+    pol = FixedPolicy(["go red", "go blue"])
+    qnets = {"q": PrefersQNet("go red"), "outcome": PrefersQNet("go blue")}
+    cfg = SearchConfig(seeds=[0, 1, 2], m_candidates=[2], ablation_seeds=[1])
+    eps = search.run_ablation(env, tasks, pol, qnets, cfg, tmp_path / "abl.jsonl")
+    assert {(e["method"], e["seed"]) for e in eps} == {("ablation-q", 1), ("ablation-outcome", 1)}
+    assert len(eps) == 2 * len(tasks)
+    cfg.ablation_seeds = None  # default: every search seed
+    eps = search.run_ablation(env, tasks, pol, qnets, cfg, tmp_path / "abl2.jsonl")
+    assert sorted({e["seed"] for e in eps}) == [0, 1, 2] and len(eps) == 2 * 3 * len(tasks)
