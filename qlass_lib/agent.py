@@ -22,6 +22,7 @@ class Candidate:
     text: str
     action: str | None
     tokens: int
+    ids: list[int] | None = field(default=None, repr=False)  # the generated token ids (backend parity checks)
 
 
 @dataclass
@@ -97,12 +98,19 @@ class Policy:
         return [self._candidate(seq, budget) for seq in out[:, n:].tolist()]
 
     def _candidate(self, seq: list[int], budget: Budget | None) -> Candidate:
-        tok = self.tokenizer
-        n_tok = seq.index(tok.eos_token_id) + 1 if tok.eos_token_id in seq else len(seq)
-        text = tok.decode(seq[:n_tok], skip_special_tokens=True).split("\nObservation:")[0].strip()
+        cand = make_candidate(self.tokenizer, seq)
         if budget is not None:
-            budget.add_generation(n_tok)
-        return Candidate(text, prompts.parse_action(text), n_tok)
+            budget.add_generation(cand.tokens)
+        return cand
+
+
+def make_candidate(tokenizer, seq: list[int]) -> Candidate:
+    """A generated token sequence as a candidate turn: cut after the end-of-sequence token (which is charged),
+    decoded, cut before any hallucinated observation, its action parsed.  Every backend cuts the same way."""
+    eos = tokenizer.eos_token_id
+    n_tok = seq.index(eos) + 1 if eos in seq else len(seq)
+    text = tokenizer.decode(seq[:n_tok], skip_special_tokens=True).split("\nObservation:")[0].strip()
+    return Candidate(text, prompts.parse_action(text), n_tok, list(seq[:n_tok]))
 
 
 class _null:

@@ -74,6 +74,7 @@ def search_wall(ctx, n_tasks: int) -> dict:
     from .envs import eval_tasks, make_env, per_type
     from .paraphrase import make_paraphraser
     from .qnet import load_qnet
+    from .executor import local
     from .search import run_suite
     cfg = ctx.cfg
     scfg = dataclasses.replace(cfg.search, seeds=[0], augmented=False)
@@ -89,7 +90,8 @@ def search_wall(ctx, n_tasks: int) -> dict:
             qnet.prefix.reset()
             with tempfile.TemporaryDirectory() as d:
                 t0 = time.perf_counter()
-                run_suite(env, tasks, policy, qnet, scfg, Path(d) / "episodes.jsonl", make_paraphraser(scfg))
+                run_suite(local(env, policy, {"q": qnet}), tasks, scfg, Path(d) / "episodes.jsonl",
+                          make_paraphraser(scfg))
                 out[f"search_s_per_task_{'cache' if kv else 'nocache'}"] = (time.perf_counter() - t0) / len(tasks)
         out["search_tasks"] = len(tasks)
         out["search_nocache_over_cache"] = out["search_s_per_task_nocache"] / out["search_s_per_task_cache"]

@@ -19,6 +19,9 @@ _EPILOG = """examples:
   python -m qlass_lib check params/my.yaml --set env.eval_per_type=20
   python -m qlass_lib report runs/default
   python -m qlass_lib bench runs/default
+  python -m qlass_lib serve runs/default          # vLLM on the run's BC policy, then:
+  python -m qlass_lib run params/default.yaml --set generation.backend=openai --set generation.base_url=URL
+  python -m qlass_lib bench-parallel runs/default
   python -m qlass_lib inspect runs/default
   python -m qlass_lib annotations params/default.yaml --fractions 1 0.5 0.25"""
 
@@ -53,6 +56,27 @@ def _stages(text: str | None) -> list[str] | None:
     return only
 
 
+def _serve(run_dir: Path, port: int) -> int:
+    import json
+    import time
+
+    from .server import start_vllm
+    max_len = json.loads((run_dir / "params.json").read_text())["bc"]["max_length"]
+    print(f"starting vLLM on {run_dir / '01_behavior_cloning' / 'policy'} (log: {run_dir / 'vllm.log'}) ...")
+    server = start_vllm(run_dir / "01_behavior_cloning" / "policy", run_dir / "vllm.log", max_model_len=max_len,
+                        port=port, name="policy")
+    print(f"serving at {server.base_url}; use it with\n  --set generation.backend=openai "
+          f"--set generation.base_url={server.base_url}\nCtrl-C stops the server.")
+    try:
+        while server.alive():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m qlass_lib", description=__doc__, epilog=_EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--m", type=int, default=4, help="candidates per state")
     b.add_argument("--search-tasks", type=int, default=0,
                    help="also time the search stage on this many held-out tasks, with and without the KV cache")
+    bp = sub.add_parser("bench-parallel", help="hf vs openai (vLLM) tokens/s and tree-stage wall time on 1 vs 2 Ray workers")
+    bp.add_argument("run_dir", help="a run with stage 01 done, e.g. runs/default")
+    bp.add_argument("--states", type=int, default=40, help="evaluation-episode states to sample at")
+    bp.add_argument("--m", type=int, default=4, help="candidates per state")
+    bp.add_argument("--tasks", type=int, default=8, help="training tasks whose trees each configuration builds")
+    sv = sub.add_parser("serve", help="start a vLLM OpenAI server (.venv-vllm) on a run's BC policy and wait")
+    sv.add_argument("run_dir", help="a run with stage 01 done, e.g. runs/default")
+    sv.add_argument("--port", type=int, default=8000)
     ins = sub.add_parser("inspect", help="write runs/<id>/inspector.html: every tree, Q targets, QNet predictions")
     ins.add_argument("run_dir", help="a run with stage 02 done, e.g. runs/default")
     ins.add_argument("--no-qnet", action="store_true", help="leave out the QNet's predictions")
@@ -104,6 +136,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"no trees in {args.run_dir} (run stage 02 first)")
             print(f"wrote {write_html(args.run_dir, qnet=not args.no_qnet)}")
             return 0
+        if args.cmd in ("bench-parallel", "serve"):
+            if not (Path(args.run_dir) / "01_behavior_cloning" / "policy").is_dir():
+                raise ConfigError(f"no BC policy in {args.run_dir} (run stage 01 first)")
+        if args.cmd == "bench-parallel":
+            from .bench_parallel import bench_parallel, markdown
+            print(markdown(bench_parallel(args.run_dir, args.states, args.m, args.tasks)))
+            return 0
+        if args.cmd == "serve":
+            return _serve(Path(args.run_dir), args.port)
         if args.cmd == "bench":
             from .bench import bench, markdown
             if not (Path(args.run_dir) / "params.json").is_file():

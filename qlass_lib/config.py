@@ -202,6 +202,25 @@ class SelfTrainingConfig:
 
 
 @dataclass
+class GenerationConfig:
+    backend: Literal["hf", "openai"] = doc("hf", "where the policy's tokens come from: in-process HF generate, or an OpenAI-compatible completions server (vLLM, SGLang, transformers serve)")
+    base_url: Optional[str] = doc(None, "the server's OpenAI base URL, e.g. http://127.0.0.1:8000/v1 (backend=openai)")
+    model: Optional[str] = doc(None, "model name at the server (None: the first one the server lists)")
+    api_key_env: str = doc("QLASS_GENERATION_API_KEY", "environment variable holding the server's API key (unset: none is sent; never over plain HTTP to another host)")
+    timeout_s: float = doc(120.0, "seconds one request may take before it counts as failed and is retried", gt=0)
+    max_retries: int = doc(5, "retries with exponential backoff on connection errors, timeouts, 429 and 5xx; then the stage stops naming the server", ge=0)
+    stop: list[str] = doc([], "extra stop strings (the model's end-of-sequence token always stops); empty keeps token parity with backend=hf")
+    vllm_extensions: bool = doc(True, "send vLLM's add_special_tokens=false and return_token_ids=true (prompt tokenized exactly as the local formatter's ids; ids back for the parity check); off for servers that reject unknown fields")
+
+
+@dataclass
+class ExecutorConfig:
+    kind: Literal["local", "ray"] = doc("local", "how the task loops (trees, BC evaluation, search) run: in this process, or spread over Ray worker actors")
+    address: Optional[str] = doc(None, "Ray cluster address for ray.init (None: start a local cluster)")
+    workers: int = doc(2, "Ray worker actors; each owns its own environment and talks to the generation backend", ge=1)
+
+
+@dataclass
 class RunConfig:
     run_id: str = doc("default", "folder under runs/ for this run")
     seed: int = doc(0, "global seed")
@@ -214,6 +233,8 @@ class RunConfig:
     qnet: QNetConfig = field(default_factory=QNetConfig, metadata={"doc": "QNet training"})
     search: SearchConfig = field(default_factory=SearchConfig, metadata={"doc": "guided search and baselines"})
     self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig, metadata={"doc": "stage 06: Q-guided self-training and its baselines"})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"doc": "generation backend of the policy (how, not what: not part of stage fingerprints)"})
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig, metadata={"doc": "where task loops run (how, not what: not part of stage fingerprints)"})
 
 
 def _check(tp: Any, value: Any, path: str) -> Any:
@@ -319,6 +340,8 @@ def cross_check(cfg: RunConfig) -> None:
     bad = [t for t in st.targets if t not in ("q", "avg_reward", "outcome")]
     if bad:
         raise ConfigError(f"self_training.targets: {bad[0]!r} is not one of ['q', 'avg_reward', 'outcome']")
+    if cfg.generation.backend == "openai" and not cfg.generation.base_url:
+        raise ConfigError("generation.base_url: backend 'openai' needs the server's base URL, e.g. http://127.0.0.1:8000/v1")
     missing = [t for t in st.targets if t != "q" and t not in cfg.qnet.ablation_targets]
     if st.enabled and missing:
         raise ConfigError(f"self_training.targets needs a QNet per target: add {missing} to qnet.ablation_targets "

@@ -74,15 +74,9 @@ class RunContext:
         return d
 
     def policy(self, env_name: str | None = None):
-        """The behavior-cloned policy saved by stage 01, ready to act."""
-        from .agent import Policy
-        from .models import load_policy
-        path = self.run_dir / STAGES["01"] / "policy"
-        if not path.is_dir():
-            raise FileNotFoundError(f"no BC policy at {path}: run stage 01 first")
-        model, tok = load_policy(path, self.cfg.model)
-        model.eval()
-        return Policy(model, tok, self.cfg.model, self.cfg.bc.max_length, env_name or self.cfg.env.name)
+        """The behavior-cloned policy saved by stage 01, ready to act through ``generation.backend``."""
+        from .generation import make_policy
+        return make_policy(self.cfg, self.run_dir / STAGES["01"] / "policy", env_name)
 
     def expert_actions(self) -> dict[str, list[str]]:
         """task id -> expert action list, from stage 01's expert file (empty when it has none)."""

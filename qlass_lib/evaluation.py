@@ -1,29 +1,34 @@
 """Run a chooser over a task list with resumable per-episode JSONL, and summarize the results."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .agent import Chooser, run_episode
 from .artifacts import ResumableLog
 from .budget import Budget
-from .envs import TaskRef, TextEnv
+from .envs import TaskRef
+from .executor import Workspace
 
 
-def evaluate(env: TextEnv, tasks: list[TaskRef], make_chooser: Callable[[Budget], Chooser], out_path: str | Path,
-             desc: str = "evaluate", example=None, tag: dict | None = None) -> list[dict]:
-    """One episode per task; each finished episode is appended to ``out_path`` and skipped on rerun."""
+def evaluate(executor, tasks: list[TaskRef], make_chooser: Callable[[Workspace, Budget], Chooser],
+             out_path: str | Path, desc: str = "evaluate", tag: dict | None = None) -> list[dict]:
+    """One episode per task on ``executor`` (:mod:`qlass_lib.executor`); ``make_chooser(ws, budget)`` builds the
+    chooser from the workspace's policy.  Each finished episode is appended to ``out_path`` and skipped on rerun."""
     log = ResumableLog(out_path, key=lambda r: r["task"])
-    for task in tqdm(log.todo(tasks, lambda t: t.id), desc=desc):
-        budget = Budget()
-        ep = run_episode(env, task, make_chooser(budget), budget, example)
-        log.append({**(tag or {}), **ep.to_dict(), "task_type": task.task_type, "variation": task.variation,
-                    "budget": budget.snapshot()})
+    executor.run(log.todo(tasks, lambda t: t.id), partial(_episode_job, make_chooser, tag or {}), log, desc)
     wanted = {t.id for t in tasks}
     return log.records(lambda r: r["task"] in wanted)
+
+
+def _episode_job(make_chooser, tag: dict, ws: Workspace, task: TaskRef) -> dict:
+    budget = Budget()
+    ep = run_episode(ws.env, task, make_chooser(ws, budget), budget, ws.example)
+    return {**tag, **ep.to_dict(), "task_type": task.task_type, "variation": task.variation,
+            "budget": budget.snapshot()}
 
 
 def check_env_errors(records: list[dict], max_share: float, what: str) -> dict:

@@ -18,6 +18,9 @@ from .config import RunConfig, config_hash
 # which config sections each stage reads (a stage also depends on everything upstream, through the chain)
 STAGE_SECTIONS = {"01": ["seed", "env", "expert", "model", "bc"], "02": ["tree"], "03": ["qvalues"],
                   "04": ["qnet"], "05": ["search"], "06": ["self_training"]}
+# sections that say how a run executes (generation backend, task executor), not what it computes: switching them
+# on a finished run is not a params change (a server backend reproduces the in-process tokens; tests check it)
+EXECUTION_SECTIONS = ("generation", "executor")
 # packages whose versions can change numbers (a new version reruns the stages)
 NUMERIC_PACKAGES = ("torch", "transformers", "tokenizers", "peft", "bitsandbytes", "scienceworld", "numpy")
 

@@ -23,7 +23,7 @@ from typing import Callable
 from .artifacts import artifact_digests, git_commit, guard_hits, read_json, versions, write_json
 from .config import ConfigError, RunConfig, config_hash, load_config
 from .context import OPTIONAL, STAGES, project_root
-from .fingerprint import (STAGE_SECTIONS, changed_parts, differing_keys, source_hash, stage_fingerprint,
+from .fingerprint import (EXECUTION_SECTIONS, STAGE_SECTIONS, changed_parts, differing_keys, source_hash, stage_fingerprint,
                           with_new_defaults)
 from .preflight import preflight
 from .runlock import RunnerLock
@@ -164,6 +164,7 @@ def run(params: str, force: bool = False, only: list[str] | None = None, overrid
             manifest = {
                 "schema_version": 2, "stage": key, "notebook": nb.name, "status": "complete", "fingerprint": fp,
                 "params": {s: dataclasses.asdict(cfg).get(s) for s in STAGE_SECTIONS[key]}, "seed": cfg.seed,
+                "execution": _execution(cfg),
                 "versions": versions(), "git_commit": git_commit(root), "started": started,
                 "wall_time_s": round(wall, 2), "wall_clock_guard_hit": guard_hits(sdir),
                 "artifacts": artifact_digests(sdir)}
@@ -182,7 +183,8 @@ def _guard_params(run_dir: Path, cfg: RunConfig, force: bool, overwrite: str | N
     if not prev.is_file():
         return
     old, new = with_new_defaults(read_json(prev)), dataclasses.asdict(cfg)
-    diff = [d for d in differing_keys(old, new) if d.split(":")[0] not in OPTIONAL.values()]  # switches only skip
+    diff = [d for d in differing_keys(old, new) if d.split(":")[0] not in OPTIONAL.values()  # switches only skip
+            and d.split(".")[0].split(":")[0] not in EXECUTION_SECTIONS]  # how a run executes, not what it computes
     if not diff or force:
         return
     first = min((k for k, secs in STAGE_SECTIONS.items() for d in diff if d.split(".")[0].split(":")[0] in secs),
@@ -196,6 +198,11 @@ def _guard_params(run_dir: Path, cfg: RunConfig, force: bool, overwrite: str | N
     raise ConfigError(f"{run_dir} holds a finished run with other params ({shown}). Nothing was changed. Use "
                       f"another run_id (run_id: in the params file, or --run-id), or replace it with --force "
                       f"(every stage) or --overwrite {first} (stages {first} and later).")
+
+
+def _execution(cfg: RunConfig) -> dict:
+    """How the stage ran (generation backend, executor), for its manifest (keys live in the environment only)."""
+    return {s: dataclasses.asdict(cfg).get(s) for s in EXECUTION_SECTIONS}
 
 
 def _switch(cfg: RunConfig, dotted: str) -> bool:

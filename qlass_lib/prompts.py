@@ -127,13 +127,23 @@ def encode_prompt(tokenizer, state: list[dict], max_tokens: int, reserve: int) -
     """Token ids of the generation prompt for ``state``, at most ``max_tokens - reserve`` long (left-truncated).
 
     The same turns as :func:`fit` keeps, tokenized once when the state fits (the usual case)."""
+    return fitted_prompt(tokenizer, state, max_tokens, reserve)[1]
+
+
+def fitted_prompt(tokenizer, state: list[dict], max_tokens: int, reserve: int) -> tuple[str, list[int]]:
+    """The generation prompt for ``state`` as text and as token ids (what :func:`encode_prompt` returns); a
+    server backend sends the text, tokenized without special tokens, and gets exactly these ids."""
     msgs = list(state)
     while True:
-        ids = tokenizer(render(tokenizer, msgs, True), add_special_tokens=False)["input_ids"]
+        text = render(tokenizer, msgs, True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) + reserve <= max_tokens or len(msgs) < 4:
             break
         del msgs[1:3]
-    return ids[-(max_tokens - reserve):]
+    keep = ids[-(max_tokens - reserve):]
+    if len(keep) != len(ids):  # rare: the task message alone is too long
+        text = tokenizer.decode(keep)
+    return text, keep
 
 
 def assistant_spans(tokenizer, messages: Sequence[dict], last_only: bool = False) -> tuple[str, list[tuple[int, int]]]:

@@ -18,18 +18,18 @@ stepped only with the chosen action, so no reward of an unexecuted candidate is 
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from . import prompts
 from .agent import Policy, greedy_chooser, run_episode  # noqa: F401 (greedy_chooser re-exported)
 from .artifacts import ResumableLog
 from .budget import Budget
-from .envs import TaskRef, TextEnv
+from .envs import TaskRef
 from .paraphrase import Paraphraser, with_task_text
 
 
@@ -91,50 +91,56 @@ def episode_log_record(method: str, traj: int, seed: int, ep, task: TaskRef, bud
             "variation": task.variation, "budget": budget.snapshot()}
 
 
-def run_method(env: TextEnv, tasks: list[TaskRef], method: str, make_chooser, n_traj: int, out_path: str | Path,
-               paraphraser: Paraphraser | None = None, per_trajectory_task_text: bool = False, example=None,
-               seed: int = 0, **tag) -> list[dict]:
-    """Run ``n_traj`` trajectories per task; each finished episode is appended to ``out_path`` (resumable).
+def run_method(executor, tasks: list[TaskRef], method: str, make_chooser, n_traj: int, out_path: str | Path,
+               paraphraser: Paraphraser | None = None, per_trajectory_task_text: bool = False, seed: int = 0,
+               **tag) -> list[dict]:
+    """Run ``n_traj`` trajectories per task on ``executor`` (:mod:`qlass_lib.executor`); each finished episode is
+    appended to ``out_path`` in (task, trajectory) order (resumable).
 
-    ``make_chooser(budget, i)`` builds the chooser of trajectory i.
+    ``make_chooser(ws, budget, i)`` builds the chooser of trajectory i from the workspace (its policy and QNets).
     """
     log = ResumableLog(out_path, key=lambda r: (r["method"], r["task"], r["traj"], r.get("seed", 0)))
     todo = log.todo([(t, i) for t in tasks for i in range(n_traj)], lambda x: (method, x[0].id, x[1], seed))
-    for task, i in tqdm(todo, desc=f"{method} seed {seed}", leave=False):
-        torch.manual_seed(episode_seed(seed, method, task.id, i))
-        budget = Budget()
-        text_fn = None
-        if per_trajectory_task_text and paraphraser is not None and i > 0:
-            text_fn = lambda text, i=i: paraphraser(text, i)  # noqa: E731
-        chooser = make_chooser(budget, i)
-        ep = run_episode(env, task, chooser, budget, example=example, task_text_fn=text_fn)
-        log.append(episode_log_record(method, i, seed, ep, task, budget, **tag))
+    text = paraphraser if per_trajectory_task_text else None
+    executor.run(todo, partial(_episode_job, method, make_chooser, seed, text, tag), log, f"{method} seed {seed}")
     wanted = {t.id for t in tasks}
     return log.records(lambda r: r["method"] == method and r["task"] in wanted and r.get("seed", 0) == seed)
 
 
-def run_suite(env: TextEnv, tasks: list[TaskRef], policy: Policy, qnet, search_cfg, out_path: str | Path,
-              paraphraser: Paraphraser, example=None) -> list[dict]:
+def _episode_job(method: str, make_chooser, seed: int, paraphraser, tag: dict, ws, item) -> dict:
+    task, i = item
+    torch.manual_seed(episode_seed(seed, method, task.id, i))
+    budget = Budget()
+    text_fn = None
+    if paraphraser is not None and i > 0:
+        text_fn = lambda text: paraphraser(text, i)  # noqa: E731
+    ep = run_episode(ws.env, task, make_chooser(ws, budget, i), budget, example=ws.example, task_text_fn=text_fn)
+    return episode_log_record(method, i, seed, ep, task, budget, **tag)
+
+
+def run_suite(executor, tasks: list[TaskRef], search_cfg, out_path: str | Path, paraphraser: Paraphraser) -> list[dict]:
     """Greedy, Best-of-N, QLASS for every M, and (when ``search.augmented``) BoN-aug and QLASS-aug at the
-    largest M, on ``tasks``, once per seed in ``search.seeds``."""
+    largest M, on ``tasks``, once per seed in ``search.seeds``; QLASS is guided by the workspace's QNet "q"."""
     s, N = search_cfg.sampling, search_cfg.n_trajectories
     m_max = max(search_cfg.m_candidates)
     dd = search_cfg.dedup_candidates
     eps = []
     for seed in search_cfg.seeds:
-        ex = {"example": example, "seed": seed}
-        eps += run_method(env, tasks, "greedy", lambda b, i: greedy_chooser(policy, b), 1, out_path, **ex)
-        eps += run_method(env, tasks, "BoN", lambda b, i: sampling_chooser(policy, s, b), N, out_path, **ex)
+        eps += run_method(executor, tasks, "greedy", lambda ws, b, i: greedy_chooser(ws.policy, b), 1, out_path,
+                          seed=seed)
+        eps += run_method(executor, tasks, "BoN", lambda ws, b, i: sampling_chooser(ws.policy, s, b), N, out_path,
+                          seed=seed)
         if search_cfg.augmented:
-            eps += run_method(env, tasks, "BoN-aug", lambda b, i: sampling_chooser(policy, s, b), N, out_path,
-                              paraphraser, per_trajectory_task_text=True, **ex)
+            eps += run_method(executor, tasks, "BoN-aug", lambda ws, b, i: sampling_chooser(ws.policy, s, b), N,
+                              out_path, paraphraser, per_trajectory_task_text=True, seed=seed)
         for m in search_cfg.m_candidates:
-            eps += run_method(env, tasks, f"QLASS-M{m}",
-                              lambda b, i, m=m: qlass_chooser(policy, qnet, m, s, b, dedup=dd), N, out_path, m=m, **ex)
+            eps += run_method(executor, tasks, f"QLASS-M{m}",
+                              lambda ws, b, i, m=m: qlass_chooser(ws.policy, ws.qnets["q"], m, s, b, dedup=dd), N,
+                              out_path, m=m, seed=seed)
         if search_cfg.augmented:
-            eps += run_method(env, tasks, f"QLASS-aug-M{m_max}",
-                              lambda b, i: _aug_chooser(policy, qnet, m_max, s, b, paraphraser, dd), N, out_path,
-                              m=m_max, **ex)
+            eps += run_method(executor, tasks, f"QLASS-aug-M{m_max}",
+                              lambda ws, b, i: _aug_chooser(ws.policy, ws.qnets["q"], m_max, s, b, paraphraser, dd),
+                              N, out_path, m=m_max, seed=seed)
     return eps
 
 
@@ -150,21 +156,19 @@ def _aug_chooser(policy, qnet, m, sampling, budget, paraphraser, dedup=True):
     return choose
 
 
-def run_ablation(env: TextEnv, tasks: list[TaskRef], policy: Policy, qnets: dict, search_cfg, out_path: str | Path,
-                 example=None) -> list[dict]:
-    """The process-reward ablation: QLASS at the largest M guided by each QNet in ``qnets`` (target -> QNet),
-    ``search.ablation_trajectories`` per task, once per seed of ``search.ablation_seeds`` (default: ``search.seeds``);
-    methods are named ``ablation-<target>``."""
+def run_ablation(executor, tasks: list[TaskRef], targets: list[str], search_cfg, out_path: str | Path) -> list[dict]:
+    """The process-reward ablation: QLASS at the largest M guided by the workspace's QNet of each training target
+    in ``targets``, ``search.ablation_trajectories`` per task, once per seed of ``search.ablation_seeds``
+    (default: ``search.seeds``); methods are named ``ablation-<target>``."""
     m = max(search_cfg.m_candidates)
     seeds = search_cfg.seeds if search_cfg.ablation_seeds is None else search_cfg.ablation_seeds
     eps = []
-    for target, qn in qnets.items():
+    for target in targets:
         for seed in seeds:
-            eps += run_method(env, tasks, f"ablation-{target}",
-                              lambda b, i, qn=qn: qlass_chooser(policy, qn, m, search_cfg.sampling, b,
-                                                                dedup=search_cfg.dedup_candidates),
-                              search_cfg.ablation_trajectories, out_path, example=example, seed=seed, m=m,
-                              target=target)
+            eps += run_method(executor, tasks, f"ablation-{target}",
+                              lambda ws, b, i, t=target: qlass_chooser(ws.policy, ws.qnets[t], m, search_cfg.sampling, b,
+                                                                       dedup=search_cfg.dedup_candidates),
+                              search_cfg.ablation_trajectories, out_path, seed=seed, m=m, target=target)
     return eps
 
 

@@ -70,10 +70,12 @@ def guided_generation(env: TextEnv, tasks: list[TaskRef], policy, qnet, st_cfg, 
                       seed: int, example=None) -> list[dict]:
     """``st_cfg.trajectories_per_task`` Q-guided trajectories per task (M = ``st_cfg.m_candidates``), appended to
     ``out_path`` under ``method`` (resumable, seeded per episode)."""
+    from .executor import local
     from .search import qlass_chooser, run_method
-    return run_method(env, tasks, method,
-                      lambda budget, i: qlass_chooser(policy, qnet, st_cfg.m_candidates, st_cfg.sampling, budget),
-                      st_cfg.trajectories_per_task, out_path, example=example, seed=seed)
+    return run_method(local(env, policy, {"q": qnet}, example), tasks, method,
+                      lambda ws, budget, i: qlass_chooser(ws.policy, ws.qnets["q"], st_cfg.m_candidates,
+                                                          st_cfg.sampling, budget),
+                      st_cfg.trajectories_per_task, out_path, seed=seed)
 
 
 def tokens_per_task(episodes: list[dict]) -> dict[str, int]:

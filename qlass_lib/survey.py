@@ -45,6 +45,7 @@ def survey(run_dir: str | Path) -> pd.DataFrame:
     from .agent import greedy_chooser
     from .envs import make_env, per_type
     from .evaluation import evaluate
+    from .executor import local
     out = rd / "survey"
     out.mkdir(exist_ok=True)
     env = make_env(cfg.env)
@@ -54,8 +55,8 @@ def survey(run_dir: str | Path) -> pd.DataFrame:
                     teleport=teleport)
     dev = read_jsonl(out / "dev_expert.jsonl")
     policy = ctx.policy(env.name)
-    episodes = evaluate(env, tasks, lambda b: greedy_chooser(policy, b), out / "dev_eval_episodes.jsonl",
-                        desc="dev greedy")
+    episodes = evaluate(local(env, policy), tasks, lambda ws, b: greedy_chooser(ws.policy, b),
+                        out / "dev_eval_episodes.jsonl", desc="dev greedy")
     steps = step_errors(policy, dev)
     steps.to_csv(out / "teacher_forced_steps.csv", index=False)
     train = read_jsonl(rd / STAGES["01"] / "expert.jsonl")

@@ -12,11 +12,11 @@ import hashlib
 import heapq
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from . import prompts
 from .artifacts import ResumableLog, read_jsonl
@@ -223,17 +223,35 @@ class TreeBuilder:
         return new
 
 
-def build_trees(builder: TreeBuilder, tasks: list[TaskRef], out_path: str | Path, expert: dict[str, list[str]],
+def build_trees(executor, tasks: list[TaskRef], out_path: str | Path, tree_cfg, expert: dict[str, list[str]],
                 seed: int, postprocess=None) -> list[dict]:
-    """Build one tree per task, appending each finished tree to ``out_path`` (JSONL); resumable."""
+    """Build one tree per task on ``executor`` (:mod:`qlass_lib.executor`: each worker explores with its own env
+    and policy), appending each finished tree to ``out_path`` (JSONL) in task order; resumable.
+    ``postprocess(tree)`` runs in the driver before a tree is written."""
     log = ResumableLog(out_path, key=lambda r: r["task"])
-    for task in tqdm(log.todo(tasks, lambda t: t.id), desc="trees"):
-        tree = builder.build(task, expert.get(task.id), seed)
-        if postprocess is not None:
-            postprocess(tree)
-        log.append(tree.to_dict())
+    items = [(t, expert.get(t.id)) for t in log.todo(tasks, lambda t: t.id)]
+    executor.run(items, partial(_tree_job, tree_cfg, seed), _Postprocessed(log, postprocess), "trees")
     wanted = {t.id for t in tasks}
     return log.records(lambda r: r["task"] in wanted)
+
+
+def _tree_job(tree_cfg, seed: int, ws, item) -> dict:
+    task, expert_actions = item
+    return TreeBuilder(ws.env, ws.policy, tree_cfg, ws.example).build(task, expert_actions, seed).to_dict()
+
+
+class _Postprocessed:
+    """A log that runs ``fn`` on each tree before appending it."""
+
+    def __init__(self, log: ResumableLog, fn):
+        self.log, self.fn = log, fn
+
+    def append(self, record: dict) -> None:
+        if self.fn is not None:
+            tree = Tree.from_dict(record)
+            self.fn(tree)
+            record = tree.to_dict()
+        self.log.append(record)
 
 
 def stats_frame(records: list[dict]):

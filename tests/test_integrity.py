@@ -289,23 +289,26 @@ def test_killed_and_resumed_search_equals_an_uninterrupted_one(tiny_tok, tmp_pat
     env, samp = ScriptedEnv(max_turns=2), SamplingConfig(temperature=1.0, max_new_tokens=6)
     tasks = env.tasks("train")[:2]
 
-    def chooser(b, i):
-        return search.sampling_chooser(pol, samp, b)
-    whole = search.run_method(env, tasks, "BoN", chooser, 3, tmp_path / "a.jsonl")
+    from qlass_lib.executor import local
+    runner = local(env, pol)
+
+    def chooser(ws, b, i):
+        return search.sampling_chooser(ws.policy, samp, b)
+    whole = search.run_method(runner, tasks, "BoN", chooser, 3, tmp_path / "a.jsonl")
 
     class Killed(Exception):
         pass
     calls = {"n": 0}
 
-    def dying(b, i):
+    def dying(ws, b, i):
         calls["n"] += 1
         if calls["n"] == 4:
             raise Killed
-        return chooser(b, i)
+        return chooser(ws, b, i)
     with pytest.raises(Killed):
-        search.run_method(env, tasks, "BoN", dying, 3, tmp_path / "b.jsonl")
+        search.run_method(runner, tasks, "BoN", dying, 3, tmp_path / "b.jsonl")
     torch.manual_seed(123)  # whatever the global RNG holds after a restart
-    resumed = search.run_method(env, tasks, "BoN", chooser, 3, tmp_path / "b.jsonl")
+    resumed = search.run_method(runner, tasks, "BoN", chooser, 3, tmp_path / "b.jsonl")
 
     def strip(eps):
         return sorted(({k: v for k, v in e.items() if k != "budget"} for e in eps), key=lambda e: (e["task"], e["traj"]))
@@ -343,6 +346,21 @@ def test_a_key_added_to_the_config_later_at_its_default_is_not_a_change(project)
     ex = FakeExecutor()
     with pytest.raises(ConfigError, match="bc.expert_fraction: 1.0 -> 0.5"):  # a real change still is one
         _run(project, ex, overrides={"bc": {"expert_fraction": 0.5}})
+
+
+def test_switching_backend_or_executor_is_not_a_params_change(project):
+    """How a run executes (generation backend, executor) is recorded in the manifests, never a reason to refuse
+    or rerun finished stages: a user builds stage 01 in-process, starts a server on its policy and goes on."""
+    root, p = project
+    _run(project, FakeExecutor())
+    ex = FakeExecutor()
+    logs = _run(project, ex, overrides={"generation": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
+                                        "executor": {"kind": "ray", "workers": 2}})
+    assert ex.ran == [] and sum("up to date" in l for l in logs) == 5
+    ex = FakeExecutor()
+    _run(project, ex, force=True, overrides={"generation": {"backend": "openai", "base_url": "http://h:1/v1"}})
+    m = json.loads((root / "runs" / "r" / STAGES["02"] / "manifest.json").read_text())
+    assert m["execution"]["generation"]["backend"] == "openai" and m["execution"]["executor"]["kind"] == "local"
 
 
 def test_fewer_annotations_runs_one_series_per_expert_share(project):

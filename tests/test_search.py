@@ -5,6 +5,7 @@ from qlass_lib.agent import Candidate
 from qlass_lib.budget import Budget
 from qlass_lib.config import SamplingConfig
 from qlass_lib.envs.scripted import ScriptedEnv
+from qlass_lib.executor import local
 from qlass_lib.paraphrase import local_paraphrase, with_task_text
 from qlass_lib import prompts
 
@@ -69,9 +70,11 @@ def test_run_method_resumes_and_tables(tmp_path):
     tasks = env.tasks("train")[:2]
     pol = FixedPolicy(["go red"])
     out = tmp_path / "eps.jsonl"
-    eps = search.run_method(env, tasks, "BoN", lambda b, i: search.sampling_chooser(pol, SamplingConfig(), b), 3, out)
+    runner = local(env, pol)
+    eps = search.run_method(runner, tasks, "BoN", lambda ws, b, i: search.sampling_chooser(ws.policy, SamplingConfig(), b),
+                            3, out)
     assert len(eps) == 6
-    again = search.run_method(env, tasks, "BoN", lambda b, i: pytest.fail("should resume"), 3, out)
+    again = search.run_method(runner, tasks, "BoN", lambda ws, b, i: pytest.fail("should resume"), 3, out)
     assert len(again) == 6
     t = selection.results_table(selection.task_scores(eps))
     row = t.iloc[0]
@@ -79,7 +82,7 @@ def test_run_method_resumes_and_tables(tmp_path):
     curve = selection.budget_curve(eps, "BoN")
     assert list(curve.k) == [1, 2, 3] and curve.tokens.is_monotonic_increasing
     assert (curve.ci_low <= curve.reward_x100).all() and (curve.reward_x100 <= curve.ci_high).all()
-    other = search.run_method(env, tasks, "BoN", lambda b, i: search.sampling_chooser(pol, SamplingConfig(), b), 3, out,
+    other = search.run_method(runner, tasks, "BoN", lambda ws, b, i: search.sampling_chooser(pol, SamplingConfig(), b), 3, out,
                               seed=1)
     assert len(other) == 6 and {e["seed"] for e in other} == {1}  # a second seed is a second set of episodes
 
@@ -178,9 +181,10 @@ def test_ablation_runs_on_its_own_seeds(tmp_path):
     pol = FixedPolicy(["go red", "go blue"])
     qnets = {"q": PrefersQNet("go red"), "outcome": PrefersQNet("go blue")}
     cfg = SearchConfig(seeds=[0, 1, 2], m_candidates=[2], ablation_seeds=[1])
-    eps = search.run_ablation(env, tasks, pol, qnets, cfg, tmp_path / "abl.jsonl")
+    runner = local(env, pol, qnets)
+    eps = search.run_ablation(runner, tasks, ["q", "outcome"], cfg, tmp_path / "abl.jsonl")
     assert {(e["method"], e["seed"]) for e in eps} == {("ablation-q", 1), ("ablation-outcome", 1)}
     assert len(eps) == 2 * len(tasks)
     cfg.ablation_seeds = None  # default: every search seed
-    eps = search.run_ablation(env, tasks, pol, qnets, cfg, tmp_path / "abl2.jsonl")
+    eps = search.run_ablation(runner, tasks, ["q", "outcome"], cfg, tmp_path / "abl2.jsonl")
     assert sorted({e["seed"] for e in eps}) == [0, 1, 2] and len(eps) == 2 * 3 * len(tasks)

@@ -105,7 +105,8 @@ def test_interrupt_and_resume_gives_the_same_trees(tiny_tok, tmp_path):
     tcfg = cfg(depth=1, width=2, max_rollouts=3, sampling=SamplingConfig(max_new_tokens=6))
     tasks = env.tasks("train")[:3]
     expert = {tasks[0].id: env.gold_actions(tasks[0])}
-    full = build_trees(TreeBuilder(env, policy, tcfg), tasks, tmp_path / "a.jsonl", expert, seed=7)
+    from qlass_lib.executor import local
+    full = build_trees(local(env, policy), tasks, tmp_path / "a.jsonl", tcfg, expert, seed=7)
 
     class Crash(Exception):
         pass
@@ -118,11 +119,11 @@ def test_interrupt_and_resume_gives_the_same_trees(tiny_tok, tmp_path):
             raise Crash()
 
     with pytest.raises(Crash):
-        build_trees(TreeBuilder(env, policy, tcfg), tasks, tmp_path / "b.jsonl", expert, 7, crash_on_second)
+        build_trees(local(env, policy), tasks, tmp_path / "b.jsonl", tcfg, expert, 7, crash_on_second)
     with (tmp_path / "b.jsonl").open("a") as f:
         f.write('{"torn": ')  # a half-written record from the crash
     assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 2
-    resumed = build_trees(TreeBuilder(env, policy, tcfg), tasks, tmp_path / "b.jsonl", expert, 7)
+    resumed = build_trees(local(env, policy), tasks, tmp_path / "b.jsonl", tcfg, expert, 7)
     assert [r["task"] for r in resumed] == [t.id for t in tasks]
     assert [_strip(r) for r in resumed] == [_strip(r) for r in full]
     assert Tree.from_dict(full[0]).nodes[1].source == "expert"

@@ -45,6 +45,7 @@ def run(ctx) -> BCResult:
     from ..artifacts import write_json
     from ..envs import eval_tasks, make_env
     from ..evaluation import check_env_errors, evaluate, summarize
+    from ..executor import make_executor
     cfg, out = ctx.cfg, ctx.stage_dir("01")
     env = make_env(cfg.env)
     try:
@@ -67,8 +68,12 @@ def run(ctx) -> BCResult:
         close_figure(plots.loss_curves(result["history"], figures["loss"]))
 
         policy = Policy(model, tokenizer, cfg.model, cfg.bc.max_length, env.name)
-        episodes = evaluate(env, eval_tasks(env, cfg.env), lambda budget: greedy_chooser(policy, budget),
-                            out / "eval_episodes.jsonl", desc="greedy eval", example=example)
+        runner = make_executor(ctx, env, policy, backend="hf")  # the policy just trained, in-process or per worker
+        try:
+            episodes = evaluate(runner, eval_tasks(env, cfg.env), lambda ws, budget: greedy_chooser(ws.policy, budget),
+                                out / "eval_episodes.jsonl", desc="greedy eval")
+        finally:
+            runner.close()
         env_errors = check_env_errors(episodes, cfg.env.max_error_share, "evaluation episodes")
     finally:
         env.close()

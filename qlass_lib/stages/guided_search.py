@@ -65,14 +65,11 @@ def budget_ratios(curves: pd.DataFrame, methods: list[str]) -> dict:
     return ratios
 
 
-def ablation(env, tasks, policy, qnet, ctx, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def ablation(runner, tasks, ctx, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     from .. import search, selection, stats
-    from ..context import STAGES
-    from ..qnet import load_qnet
     cfg = ctx.cfg
-    qnets = {"q": qnet, **{t: load_qnet(ctx.run_dir / STAGES["04"] / f"qnet_{t}", cfg.model)
-                          for t in cfg.qnet.ablation_targets}}
-    eps = search.run_ablation(env, tasks, policy, qnets, cfg.search, out / "ablation_episodes.jsonl", ctx.example())
+    targets = ["q", *cfg.qnet.ablation_targets]
+    eps = search.run_ablation(runner, tasks, targets, cfg.search, out / "ablation_episodes.jsonl")
     scores = selection.task_scores(eps)
     table = selection.results_table(scores)
     table.insert(0, "target", table.method.str.replace("ablation-", ""))
@@ -89,21 +86,25 @@ def run(ctx) -> SearchResult:
     from ..context import STAGES
     from ..envs import eval_tasks, make_env, per_type
     from ..evaluation import check_env_errors
+    from ..executor import make_executor
     from ..paraphrase import make_paraphraser
     from ..qnet import load_qnet
     cfg, out, s = ctx.cfg, ctx.stage_dir("05"), ctx.cfg.search
     env = make_env(cfg.env)
+    runner = None
     try:
         policy = ctx.policy(env.name)
-        qnet = load_qnet(ctx.run_dir / STAGES["04"] / "qnet_q", cfg.model)
+        qnet_dirs = {t: ctx.run_dir / STAGES["04"] / f"qnet_{t}" for t in ["q", *cfg.qnet.ablation_targets]}
+        qnets = {t: load_qnet(d, cfg.model) for t, d in qnet_dirs.items()}
+        qnet = qnets["q"]
+        runner = make_executor(ctx, env, policy, qnets, qnet_dirs)
         tasks = per_type(eval_tasks(env, cfg.env), s.tasks_per_type)
         paraphraser = make_paraphraser(s)
         desc = (f"{len(tasks)} held-out tasks ({cfg.env.eval_split}); N={s.n_trajectories} M={s.m_candidates} "
                 f"seeds={s.seeds}")
         para = paraphraser("Your task is to find a(n) animal. First, focus on the thing. Then, move it to the red "
                            "box in the kitchen.", 1)
-        episodes = search.run_suite(env, tasks, policy, qnet, s, out / "search_episodes.jsonl", paraphraser,
-                                    ctx.example())
+        episodes = search.run_suite(runner, tasks, s, out / "search_episodes.jsonl", paraphraser)
         env_errors = check_env_errors(episodes, cfg.env.max_error_share, "search episodes")
         values = selection.final_values(episodes, qnet, env.name, out / "selection_values.jsonl", ctx.example())
         scores = selection.task_scores(episodes, values)
@@ -123,8 +124,10 @@ def run(ctx) -> SearchResult:
         write_json(out / "budget_ratio.json", ratios)
         case = search.case_study(episodes, f"QLASS-M{max(s.m_candidates)}", s.case_study_tasks)
         case.to_csv(out / "case_study.csv", index=False)
-        abl, abl_cmp = ablation(env, tasks, policy, qnet, ctx, out)
+        abl, abl_cmp = ablation(runner, tasks, ctx, out)
     finally:
+        if runner is not None:
+            runner.close()
         env.close()
     write_json(out / "search_summary.json", {
         "schema_version": 2, "split": cfg.env.eval_split, "tasks": [t.id for t in tasks], "seeds": s.seeds,

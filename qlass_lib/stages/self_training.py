@@ -106,8 +106,9 @@ def _evaluate(env, tasks, policy, path: Path, method: str, example) -> list[dict
     """Greedy episodes of a fine-tuned policy on the held-out tasks (resumable)."""
     from ..agent import greedy_chooser
     from ..evaluation import evaluate
-    return evaluate(env, tasks, lambda budget: greedy_chooser(policy, budget), path, desc=f"greedy eval {method}",
-                    example=example)
+    from ..executor import local
+    return evaluate(local(env, policy, example=example), tasks, lambda ws, budget: greedy_chooser(ws.policy, budget),
+                    path, desc=f"greedy eval {method}")
 
 
 def load(stage_dir: Path) -> dict:

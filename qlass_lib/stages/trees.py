@@ -68,7 +68,8 @@ def run(ctx) -> TreesResult:
     from ..artifacts import write_json
     from ..envs import make_env
     from ..evaluation import check_env_errors
-    from ..tree import TreeBuilder, build_trees, stats_frame, tree_tasks
+    from ..executor import make_executor
+    from ..tree import build_trees, stats_frame, tree_tasks
     cfg, out = ctx.cfg, ctx.stage_dir("02")
     env = make_env(cfg.env)
     try:
@@ -78,8 +79,11 @@ def run(ctx) -> TreesResult:
         t = cfg.tree
         desc = (f"{len(tasks)} training tasks; D={t.depth} W={t.width} max rollouts={t.max_rollouts} "
                 f"T={t.sampling.temperature}; expert branches available for {sum(x.id in expert for x in tasks)}")
-        records = build_trees(TreeBuilder(env, policy, t, example=ctx.example()), tasks, out / "trees.jsonl",
-                              expert, cfg.seed)
+        runner = make_executor(ctx, env, policy)
+        try:
+            records = build_trees(runner, tasks, out / "trees.jsonl", t, expert, cfg.seed)
+        finally:
+            runner.close()
         env_errors = check_env_errors(records, cfg.env.max_error_share, "trees")
     finally:
         env.close()
