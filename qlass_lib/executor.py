@@ -122,8 +122,11 @@ class RayExecutor:
                     bar.update(1)
         finally:
             bar.close()
-            for ref in pending:
-                ray.cancel(ref)
+            for ref in pending:  # stopped early (an error): drop what is still queued on the workers
+                try:
+                    ray.cancel(ref)
+                except Exception:  # noqa: BLE001 (a task already running or finished cannot always be cancelled)
+                    pass
 
     def close(self) -> None:
         for w in self.workers:

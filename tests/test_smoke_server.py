@@ -63,13 +63,13 @@ def test_greedy_through_vllm_equals_hf_token_for_token(server):
     from qlass_lib.generation import make_policy
     cfg = _cfg(server)
     env = make_env(cfg.env)
-    tasks = per_type(eval_tasks(env, cfg.env), 2)
+    tasks = per_type(eval_tasks(env, cfg.env), 1)
     env.close()
     hf = make_policy(cfg, POLICY, backend="hf")
     served = make_policy(cfg, POLICY)
     a = _greedy_episodes(cfg, hf, tasks)
     b = _greedy_episodes(cfg, served, tasks)
-    assert len(a) == len(tasks) == 4 and sum(len(t) for _, t in a) >= 8
+    assert len(a) == len(tasks) == 2 and sum(len(t) for _, t in a) >= 4
     assert a == b  # same rewards, same turns, same generated token ids (the end-of-sequence token included)
     st = served.stats
     assert st["prompt_mismatches"] == 0 and st["token_mismatches"] == 0  # the server saw the formatter's exact ids

@@ -101,7 +101,7 @@ def run(ctx) -> SearchResult:
         tasks = per_type(eval_tasks(env, cfg.env), s.tasks_per_type)
         paraphraser = make_paraphraser(s)
         desc = (f"{len(tasks)} held-out tasks ({cfg.env.eval_split}); N={s.n_trajectories} M={s.m_candidates} "
-                f"seeds={s.seeds}")
+                f"seeds={s.seeds}; generation {cfg.generation.backend}, executor {cfg.executor.kind}")
         para = paraphraser("Your task is to find a(n) animal. First, focus on the thing. Then, move it to the red "
                            "box in the kitchen.", 1)
         episodes = search.run_suite(runner, tasks, s, out / "search_episodes.jsonl", paraphraser)

@@ -78,7 +78,8 @@ def run(ctx) -> TreesResult:
         expert = ctx.expert_actions() if cfg.tree.attach_expert else {}
         t = cfg.tree
         desc = (f"{len(tasks)} training tasks; D={t.depth} W={t.width} max rollouts={t.max_rollouts} "
-                f"T={t.sampling.temperature}; expert branches available for {sum(x.id in expert for x in tasks)}")
+                f"T={t.sampling.temperature}; expert branches available for {sum(x.id in expert for x in tasks)}; "
+                f"generation {cfg.generation.backend}, executor {cfg.executor.kind}")
         runner = make_executor(ctx, env, policy)
         try:
             records = build_trees(runner, tasks, out / "trees.jsonl", t, expert, cfg.seed)
