@@ -65,7 +65,9 @@ browser:
 		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) \
 		|| echo "note: could not install chromium (needs root and apt); the inspector's browser test will be skipped"
 
-test: venv vllm-venv browser
+# the two virtualenvs and the browser are independent: built side by side (mostly downloads and unpacking)
+test:
+	$(MAKE) -j3 venv vllm-venv browser
 	QLASS_REQUIRE_VLLM=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 unit: venv

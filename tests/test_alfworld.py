@@ -92,7 +92,8 @@ PLANNER_STEPS = {"look_at_obj_in_light": 3, "pick_and_place_simple": 4, "pick_cl
 
 def test_planner_expert_wins_one_game_per_type_the_same_way_twice(alf, tmp_path):
     """ALFWorld's PDDL planner through the expert stage (replay-checked) on the first valid_seen game of each
-    task type: it wins all six, in a known number of steps, and a second run writes the same actions."""
+    task type: it wins all six, in a known number of steps, and a second run (on two of them, to save time)
+    writes the same actions."""
     from qlass_lib.envs.alfworld import TASK_TYPES
     from qlass_lib.expert import generate_expert, read_jsonl
     assert alf.expert == "planner"
@@ -101,12 +102,12 @@ def test_planner_expert_wins_one_game_per_type_the_same_way_twice(alf, tmp_path)
         firsts.setdefault(t.task_type.split("@")[0], t)
     assert set(firsts) == set(TASK_TYPES)
     runs = []
-    for k in range(2):
+    for k, games in enumerate([list(firsts.values()), list(firsts.values())[:2]]):
         out = tmp_path / f"expert{k}.jsonl"
-        stats = generate_expert(alf, list(firsts.values()), out)
-        assert stats == {"kept": 6, "failed": 0, "fallback": 0}
+        stats = generate_expert(alf, games, out)
+        assert stats == {"kept": len(games), "failed": 0, "fallback": 0}
         runs.append({r["id"]: r["actions"] for r in read_jsonl(out)})
-    assert runs[0] == runs[1]
+    assert runs[1] == {g.id: runs[0][g.id] for g in list(firsts.values())[:2]}
     assert {tid.split("@")[0]: len(a) for tid, a in runs[0].items()} == PLANNER_STEPS
     for acts in runs[0].values():
         assert "look around" not in acts  # ScienceWorld's look-on-arrival is not an ALFWorld command

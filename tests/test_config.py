@@ -57,7 +57,7 @@ def _deps(names):
 def test_environment_yml_matches_pyproject():
     import tomllib
     pp = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    want = _deps(pp["dependencies"] + pp["optional-dependencies"]["dev"])
+    want = _deps(pp["dependencies"] + pp["optional-dependencies"]["dev"] + pp["optional-dependencies"]["scale"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert _deps(pip) == want
