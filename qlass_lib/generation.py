@@ -13,6 +13,7 @@ Both expose ``propose(state, n, sampling, budget)`` and ``propose_many(states, s
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -103,8 +104,7 @@ class ServerPolicy:
             extra.update(add_special_tokens=False, return_token_ids=True)
         if extra:
             req["extra_body"] = extra
-        ctx = budget.timing("gen") if budget is not None else _Null()
-        with ctx:
+        with budget.timing("gen") if budget is not None else contextlib.nullcontext():
             resp = self._call(lambda c: c.completions.create(**req))
         self.stats["requests"] += 1
         choices = sorted(resp.choices, key=lambda c: c.index)
@@ -139,14 +139,6 @@ class ServerPolicy:
             n_tok += 1
         text = choice.text.split("\nObservation:")[0].strip()
         return Candidate(text, prompts.parse_action(text), n_tok)
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def make_policy(cfg, policy_dir, env_name: str | None = None, backend: str | None = None):
