@@ -90,6 +90,7 @@ class TinyModelConfig:
     max_positions: int = doc(2048, "maximum positions", ge=16)
     pretrain_steps: int = doc(0, "optimizer steps of next-token pretraining on the expert text (every token) before BC, standing in for an LLM's pretraining; 0 = off", ge=0)
     pretrain_minutes: float = doc(60.0, "wall-clock guard for that pretraining", gt=0)
+    char_ids: bool = doc(False, "tokenize WebShop product ids (ASINs such as B06Y3VLDFB) one character per token, so the policy can learn to copy ids it has not seen")
 
 
 @dataclass

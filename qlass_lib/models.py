@@ -21,6 +21,24 @@ from . import prompts
 
 EMBEDDED = "embedded-tiny"
 SPECIAL_TOKENS = ["<pad>", "<|end|>", "<|user|>", "<|assistant|>"]
+# A WebShop product id (Amazon ASIN as the 1k catalog writes it): "B0" and 8 upper-case letters or digits.
+ASIN_LENGTH = 10
+
+
+def id_char_pattern() -> str:
+    """An Oniguruma regex matching each single character of a whole-word ASIN, and nothing else.
+
+    Used as an isolating pre-tokenizer split, it makes every id character its own token, so the same id is the
+    same token sequence on a results page, in an item page and inside ``click[...]``; copying it is then a
+    per-character induction pattern instead of copying arbitrary BPE pieces learned from other ids. Oniguruma
+    allows only fixed-width look-behinds, hence one alternative per position."""
+    alts = []
+    for k in range(ASIN_LENGTH):
+        before = r"\bB" if k == 1 else (rf"\bB0[A-Z0-9]{{{k - 2}}}" if k >= 2 else "")
+        this = "B" if k == 0 else "0" if k == 1 else "[A-Z0-9]"
+        after = ("0" if k == 0 else "") + rf"[A-Z0-9]{{{ASIN_LENGTH - 1 - max(k, 1)}}}\b"
+        alts.append((rf"(?<={before})" if before else r"\b") + this + rf"(?={after})")
+    return "|".join(alts)
 
 
 def quiet_hf() -> None:
@@ -58,13 +76,15 @@ def autocast(model_cfg, device: torch.device):
 
 def build_tiny(out_dir: str | Path, corpus: Iterable[str], tiny_cfg, seed: int = 0) -> Path:
     """Train a byte-level BPE tokenizer on ``corpus``, make a tiny Llama, save both; return the directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(id_char_pattern()), "isolated"),
+                                                  byte_level]) if tiny_cfg.char_ids else byte_level)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=tiny_cfg.vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

@@ -52,3 +52,26 @@ def test_gradient_checkpointing_switch(tiny_tok):
     _, path = tiny_tok
     model = models.load_model(str(path), ModelConfig(gradient_checkpointing=True, device="cpu"), train=True)
     assert model.is_gradient_checkpointing
+
+
+def test_char_ids_make_every_asin_character_one_token(tmp_path):
+    """With model.tiny.char_ids an ASIN is the same per-character tokens on a page and inside click[...];
+    other text keeps its BPE pieces, and decoding gives back the exact text."""
+    from transformers import AutoTokenizer
+    from qlass_lib.config import TinyModelConfig
+    corpus = [f"[SEP] B0{i:02d}XYZ{i:03d} [SEP] cotton shirt, large\nclick[B0{i:02d}XYZ{i:03d}]" for i in range(60)]
+    tiny = TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, vocab_size=400)
+    for char_ids in (False, True):
+        tiny.char_ids = char_ids
+        tok = AutoTokenizer.from_pretrained(str(models.build_tiny(tmp_path / str(char_ids), corpus, tiny)))
+        ids = tok("Results [SEP] B06Y3VLDFB [SEP] cotton shirt\nclick[B06Y3VLDFB]")["input_ids"]
+        pieces = tok.convert_ids_to_tokens(ids)
+        assert tok.decode(ids) == "Results [SEP] B06Y3VLDFB [SEP] cotton shirt\nclick[B06Y3VLDFB]"
+        if char_ids:
+            assert pieces[pieces.index("B"):pieces.index("B") + 10] == list("B06Y3VLDFB")
+            assert pieces[-11:] == list("B06Y3VLDFB") + ["]"]
+            assert "Ġshirt" in pieces and "Ġcotton" in pieces  # ordinary words still merge
+            assert tok.tokenize("B012XYZ012") == list("B012XYZ012")
+        else:  # plain BPE merges pieces of the ids it was trained on
+            assert len(tok.tokenize("B012XYZ012")) < 10
+    assert models.id_char_pattern().count("|") == models.ASIN_LENGTH - 1
