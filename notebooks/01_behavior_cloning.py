@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -58,6 +63,8 @@ Image(res.figures["loss"])
 
 # %%
 display(res.table.round(2))
+if res.failures is not None:  # WebShop: episodes per expert-script step missed (search, product, options, buy)
+    display(res.failures.round(2))
 Image(res.figures["eval"])
 
 # %%

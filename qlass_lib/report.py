@@ -48,6 +48,8 @@ def summarize_run(run_dir: str | Path) -> str:
                 f"{res['final_train_ema']:.3f}, validation loss {res['final_val_loss']:.3f}; "
                 f"{res['train_tasks']} expert trajectories; evaluated on the {met.get('split', '?')} split",
                 _md(r1["table"])]
+    if "failures" in r1:
+        out += ["Held-out episodes by the expert-script step they missed:", _md(r1["failures"])]
     r2 = stage_module("02").load(rd / STAGES["02"])
     if "summary" in r2:
         out += ["## Trees", _md(pd.DataFrame([r2["summary"]]), 3)]

@@ -195,3 +195,25 @@ def test_http_client_against_an_official_style_server(ws):
         assert purchase_reward(prod, _price(prod), goal["goal_options"], goal)["reward"] == 1.0
     finally:
         srv.close()
+
+
+def test_failure_steps_of_hand_made_episodes(ws):
+    """Each script step a policy can miss is named on a hand-made action list (replayed, deterministic)."""
+    from qlass_lib.envs.webshop_failures import classify, failure_table
+    task = next(t for t in ws.tasks("dev") if ws.cat.goals[t.variation]["goal_options"])
+    gold = ws.gold_actions(task)
+    n_opts = len(ws.cat.goals[task.variation]["goal_options"])
+    results = ws.cat.search(gold[0][len("search["):-1])
+    other = next(a for a in results[:10] if a != ws.cat.goals[task.variation]["asin"])
+    cases = {"goal bought": gold, "no Buy Now": gold[:-1], "wrong options": gold[:-1 - n_opts] + gold[-1:],
+             "no search": ["click[Buy Now]"], "bad search": ["search[zzqx]"],
+             "no product opened": [gold[0], "click[B000000000]", None],
+             "wrong product": [gold[0], f"click[{other}]", "click[Buy Now]"]}
+    for where, actions in cases.items():
+        assert classify(ws, task, actions)["failed_at"] == where, (where, actions)
+    assert classify(ws, task, cases["no product opened"])["invalid_id_clicks"] == 1
+    episodes = [{"task_type": task.task_type, "variation": task.variation, "reward": 0.0,
+                 "turns": [{"action": a} for a in actions]} for actions in cases.values()]
+    per, counts = failure_table(ws, episodes)
+    assert list(per.failed_at) == list(cases)
+    assert counts.set_index("task_type").loc["all", list(cases)].tolist() == [1] * len(cases)

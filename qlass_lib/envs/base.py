@@ -103,6 +103,11 @@ class TextEnv(abc.ABC):
         return Step(observation, 0.0, truncated, {"score": self.score, "turns": self.turns,
                                                    "truncated": truncated, "no_action": True})
 
+    def failure_analysis(self, episodes: list[dict]):
+        """Where episodes left the expert's way, as (per-episode rows, count table); None where an environment
+        has no such analysis (WebShop has one: :mod:`.webshop_failures`)."""
+        return None
+
     def close(self) -> None:
         pass
 

@@ -243,6 +243,10 @@ class WebShopEnv(TextEnv):
     def _invalid(self, arg: str):
         return f"Invalid action: there is no button '{arg}' here." + SEP + self._render(), 0.0, False, {}
 
+    def failure_analysis(self, episodes: list[dict]):
+        from .webshop_failures import failure_table
+        return failure_table(self, episodes)
+
     # -- expert ------------------------------------------------------------------------------------------
     def gold_actions(self, task: TaskRef) -> list[str]:
         """A scripted expert: search, page to the goal product, click it, choose the goal options, buy.

@@ -3,7 +3,8 @@ greedy evaluation of the cloned policy on held-out tasks.
 
 Artifacts (``runs/<id>/01_behavior_cloning/``): ``expert.jsonl``, ``expert_stats.json``, ``prompt_example.json``,
 ``policy/``, ``bc_result.json``, ``bc_loss.png``, ``eval_episodes.jsonl``, ``bc_eval.csv``, ``bc_eval.png``,
-``bc_metrics.json``.
+``bc_metrics.json``, and where the environment has a failure analysis (WebShop) ``bc_failures.csv`` (episodes
+per expert-script step missed) with ``bc_failure_episodes.csv``.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class BCResult:
     table: pd.DataFrame                  # bc_eval.csv: reward, success, steps, tokens per task type
     metrics: dict                        # bc_metrics.json
     figures: dict = field(default_factory=dict)  # name -> PNG path
+    failures: pd.DataFrame | None = None  # bc_failures.csv: held-out episodes per expert-script step missed
 
     @property
     def train_summary(self) -> pd.DataFrame:
@@ -75,10 +77,14 @@ def run(ctx) -> BCResult:
         finally:
             runner.close()
         env_errors = check_env_errors(episodes, cfg.env.max_error_share, "evaluation episodes")
+        failures = env.failure_analysis(episodes)
     finally:
         env.close()
     table = summarize(episodes)
     table.to_csv(out / "bc_eval.csv", index=False)
+    if failures is not None:
+        failures[0].to_csv(out / "bc_failure_episodes.csv", index=False)
+        failures[1].to_csv(out / "bc_failures.csv", index=False)
     n_params = models.count_parameters(model)
     metrics = {"schema_version": 1, "split": cfg.env.eval_split, "per_type": table.to_dict("records"),
                "bc_trajectories": len(records), "expert_fraction": cfg.bc.expert_fraction,
@@ -88,7 +94,7 @@ def run(ctx) -> BCResult:
     close_figure(plots.bar_by_group(table, "task_type", "mean_reward_x100", figures["eval"],
                                     "greedy BC policy, held out"))
     return BCResult(out, stats, per_type, shown, example, str(base), n_params, result, episodes, table, metrics,
-                    figures)
+                    figures, failures[1] if failures is not None else None)
 
 
 def load(stage_dir: Path) -> dict:
@@ -100,4 +106,6 @@ def load(stage_dir: Path) -> dict:
             out[key] = read_json(d / name)
     if (d / "bc_eval.csv").is_file():
         out["table"] = pd.read_csv(d / "bc_eval.csv")
+    if (d / "bc_failures.csv").is_file():
+        out["failures"] = pd.read_csv(d / "bc_failures.csv")
     return out
