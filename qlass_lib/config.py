@@ -58,7 +58,7 @@ class EnvConfig:
     split_dir: Optional[str] = doc(None, "directory with ETO split files (train/dev/test_indices.json); None = the package's own splits")
     data_dir: Optional[str] = doc(None, "WebShop: folder with the 1k-product catalog; ALFWorld: folder in the ALFWORLD_DATA layout")
     cache_dir: Optional[str] = doc(None, "ALFWorld: where the train split is unpacked (default ~/.cache/qlass/alfworld)")
-    alfworld_expert: Literal["planner", "handcoded"] = doc("planner", "ALFWorld: expert for the BC data (PDDL planner: deterministic, wins nearly every game; handcoded: explores, varies between runs)")
+    alfworld_expert: Literal["planner", "searcher", "handcoded"] = doc("planner", "ALFWorld: expert for the BC data (planner: PDDL planner, deterministic, sees where objects are; searcher: visits likely receptacles until it sees the goal object, then the planner, deterministic; handcoded: explores, varies between runs)")
     server_url: Optional[str] = doc(None, "WebShop: URL of a running official server to use instead of the local catalog")
     options_per_product: int = doc(2, "WebShop: synthetic goals per product (option combinations)", ge=1)
     simplifications: str = doc("easy", "ScienceWorld simplification string; 'easy' (teleport, open doors, ...) is what ETO/QLASS use")

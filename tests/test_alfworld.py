@@ -135,3 +135,39 @@ def test_handcoded_expert_stays_available(tmp_path):
             ALFWorldEnv(str(DATA), expert="oracle")
     finally:
         env.close()
+
+
+def test_searcher_expert_searches_then_lets_the_planner_finish(tmp_path):
+    """The searcher visits receptacles in the location table's order (opening closed ones) until it sees the
+    goal object, takes it, then follows the planner: on three valid_seen games it wins in a known number of
+    steps, its first moves are the search, and a second run writes the same actions.  The location table is
+    counted here from the valid_seen games (the env counts the train split, which needs the 1 GB unpack)."""
+    pytest.importorskip("textworld")
+    pytest.importorskip("alfworld")
+    if not DATA.is_dir():
+        pytest.skip("shared ALFWorld data not present")
+    from qlass_lib.envs import TaskRef
+    from qlass_lib.envs.alfworld import ALFWorldEnv
+    from qlass_lib.envs.alfworld_searcher import location_counts, receptacles_in, search_order
+    from qlass_lib.expert import generate_expert, read_jsonl
+    assert receptacles_in("you see a cabinet 2, a cabinet 1, and a toilet 1.") == ["cabinet 2", "cabinet 1", "toilet 1"]
+    assert search_order(["drawer 1", "bed 1", "desk 1"], "book", {"book": {"bed": 5, "desk": 5}}) == \
+        ["bed 1", "desk 1", "drawer 1"]
+    env = ALFWorldEnv(str(DATA), max_turns=40, expert="searcher")
+    counts = location_counts(env.games("dev"))
+    env.location_counts = lambda: counts
+    games = [TaskRef("look_at_obj_in_light@dev", 1), TaskRef("pick_and_place_simple@dev", 14),
+             TaskRef("pick_two_obj_and_place@dev", 116)]
+    try:
+        runs = []
+        for k in range(2):
+            out = tmp_path / f"searcher{k}.jsonl"
+            assert generate_expert(env, games, out) == {"kept": 3, "failed": 0, "fallback": 0}
+            runs.append({r["id"]: r["actions"] for r in read_jsonl(out)})
+    finally:
+        env.close()
+    assert runs[0] == runs[1]
+    acts = [runs[0][g.id] for g in games]
+    assert [len(a) for a in acts] == [10, 12, 8]
+    assert acts[0][:6] == [f"go to shelf {i}" for i in (6, 5, 4, 3, 2, 1)] and acts[0][7].startswith("take bowl")
+    assert acts[1][:4] == ["go to drawer 4", "open drawer 4", "go to drawer 3", "open drawer 3"]

@@ -5,10 +5,12 @@ The data directory follows the ``ALFWORLD_DATA`` layout: ``json_2.1.1/{train,val
 only ``json_2.1.1_train.tar.xz`` is present, the train split is unpacked once into a cache folder outside
 the repository (``env.cache_dir``, default ``~/.cache/qlass/alfworld``).  A game is addressed by its task type
 and its index in the sorted list of its split's games; the reward is the game's ``won`` flag.  The expert is
-ALFWorld's PDDL planner (``AlfredExpertType.PLANNER``: fast-downward on the game's full state, deterministic)
-or, as an option, ALFWorld's handcoded expert (explores like an agent, but its choices vary between runs of
+ALFWorld's PDDL planner (``AlfredExpertType.PLANNER``: fast-downward on the game's full state, deterministic),
+the searcher (:mod:`.alfworld_searcher`: visits likely receptacles until it sees the goal object, then the
+planner; deterministic), or ALFWorld's handcoded expert (explores like an agent, but its choices vary between runs of
 the same game); either is replay-checked like every expert trajectory.  The planner knows where every object
-is, so its trajectories go straight to the goal object: a policy cloned from them has to guess locations.
+is, so its trajectories go straight to the goal object: a policy cloned from them has to guess locations; the
+searcher's trajectories show the search a policy has to do.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from .base import EnvError, Reset, TaskRef, TextEnv
 
 SPLITS = {"train": "train", "dev": "valid_seen", "test": "valid_unseen"}
 EXPERT_MAX_STEPS = 80  # the expert's own cap (recording lifts the agent's turn cap to fit it)
-EXPERTS = ("planner", "handcoded")
+EXPERTS = ("planner", "searcher", "handcoded")
 TASK_TYPES = ["pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
               "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place"]
 
@@ -83,6 +85,7 @@ class ALFWorldEnv(TextEnv):
         self._env = None
         self._loaded: tuple[Path, bool] | None = None  # (game file, expert wrapper) of the live TextWorld env
         self._won = False
+        self._counts: dict | None = None  # searcher: object type -> receptacle type -> count, from train games
 
     def games(self, split: str) -> list[Path]:
         if split not in self._games:
@@ -115,7 +118,7 @@ class ALFWorldEnv(TextEnv):
             self._env.close()
         wrappers = [AlfredDemangler(shuffle=False), AlfredInfos]
         if expert:
-            kind = AlfredExpertType.PLANNER if self.expert == "planner" else AlfredExpertType.HANDCODED
+            kind = AlfredExpertType.HANDCODED if self.expert == "handcoded" else AlfredExpertType.PLANNER
             wrappers.append(AlfredExpert(expert_type=kind))
         self._env = textworld.start(str(game_file), request_infos=infos, wrappers=wrappers)
         self._loaded = (game_file, expert)
@@ -135,10 +138,23 @@ class ALFWorldEnv(TextEnv):
         obs = state.feedback.strip() or "Nothing happens."
         return obs, float(self._won), bool(done or self._won), {"won": self._won}
 
+    def location_counts(self) -> dict:
+        """How often each object type lies in each receptacle type in the train split's initial states."""
+        if self._counts is None:
+            from .alfworld_searcher import location_counts
+            self._counts = location_counts(self.games("train"))
+        return self._counts
+
     def gold_actions(self, task: TaskRef) -> list[str]:
-        """The expert (planner or handcoded), followed from reset: the first step of each new plan."""
-        env = self._start(self._trial(task) / "game.tw-pddl", expert=True)
+        """The expert followed from reset: the planner's or handcoded expert's first step of each new plan, or
+        the searcher (:mod:`.alfworld_searcher`: search for the goal object, take it, then the planner)."""
+        trial = self._trial(task)
+        env = self._start(trial / "game.tw-pddl", expert=True)
         state = env.reset()
+        if self.expert == "searcher":
+            from .alfworld_searcher import search_then_plan, target_of
+            return search_then_plan(env, state.feedback, target_of(trial), self.location_counts(),
+                                    max(self.max_turns, EXPERT_MAX_STEPS))
         acts = []
         for _ in range(max(self.max_turns, EXPERT_MAX_STEPS)):
             plan = state.get("extra.expert_plan") or state.get("expert_plan") or []
