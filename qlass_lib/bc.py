@@ -235,15 +235,71 @@ def pretrain_tiny(cfg, base: str, records: list[dict], out_dir) -> str:
         ids += tok(prompts.render(tok, to_messages(rec["conversations"]), False), add_special_tokens=False)["input_ids"]
     n = cfg.bc.max_length
     examples = [Example(ids[i:i + n], ids[i:i + n], "pretrain") for i in range(0, len(ids) - 1, n)]
+    share = cfg.model.tiny.copy_share
+    drills = copy_drills(ids, round(len(examples) * share / (1 - share)), tok.eos_token_id, cfg.seed) if share else []
+    held_out = copy_drills(ids, 16, tok.eos_token_id, cfg.seed + 7919, shuffle=True)
     pcfg = replace(cfg.bc, max_minutes=minutes, max_epochs=10_000, max_steps=steps, stop_at_loss=0.0, eval_every=10**9)
-    result = train_bc(model, tok, examples, [], pcfg, cfg.model, Path(out_dir) / "pretrain", cfg.seed)
+    result = train_bc(model, tok, examples + drills, [], pcfg, cfg.model, Path(out_dir) / "pretrain", cfg.seed)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     write_json(out / "pretrain_result.json", {"steps": result["steps"], "epochs": result["epochs"], "stopped": result["stopped"],
                "train_seconds": result["train_seconds"], "final_train_ema": result["final_train_ema"],
-               "tokens_per_epoch": len(ids), "loss_curve": [[h["step"], h["train_ema"]] for h in result["history"]
+               "tokens_per_epoch": len(ids), "copy_drills": len(drills),
+               "copy_accuracy": copy_accuracy(model, held_out, cfg.model), "loss_curve": [[h["step"], h["train_ema"]] for h in result["history"]
                                                               if "train_ema" in h][::10]})
     return str(out)
+
+
+def copy_drills(ids: list[int], count: int, sep: int, seed: int, length: int = 512,
+                shuffle: bool = False) -> list[Example]:
+    """``count`` copy drills cut from the token stream ``ids``: each is span, ``sep``, the same span, ``sep``,
+    repeated up to ``length`` tokens (spans of 8-64 tokens), with the loss on the second copies only.
+
+    Copying a span seen earlier in the context (an induction pattern: find the earlier occurrence of the current
+    token, predict what followed it) is what a pretrained LLM brings to an agent task and what a tiny model
+    trained from scratch lacks: WebShop's policy must copy the instruction into its query and product ids from
+    the results page into ``click[...]``.  ``shuffle`` permutes each span's tokens (held-out drills: then
+    nothing but copying predicts them, not a memorized continuation of the expert text)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        inp: list[int] = []
+        lab: list[int] = []
+        while True:
+            longest = min(64, (length - len(inp) - 2) // 2, len(ids) - 1)
+            if longest < 8:
+                break
+            k = rng.randint(8, longest)
+            start = rng.randrange(len(ids) - k)
+            span = ids[start:start + k]
+            if shuffle:
+                rng.shuffle(span)
+            inp += span + [sep] + span + [sep]
+            lab += [IGNORE] * (k + 1) + span + [sep]
+        if inp:
+            out.append(Example(inp, lab, "copy"))
+    return out
+
+
+@torch.no_grad()
+def copy_accuracy(model, drills: list[Example], model_cfg) -> float:
+    """Share of the copied tokens of ``drills`` that the model predicts right (greedy, teacher-forced)."""
+    if not drills:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    dev = model_device(model)
+    right = total = 0
+    for ex in drills:
+        x = torch.tensor([ex.input_ids], device=dev)
+        with autocast(model_cfg, dev):
+            pred = model(input_ids=x).logits[0, :-1].argmax(-1).tolist()
+        for p, y in zip(pred, ex.labels[1:]):
+            if y != IGNORE:
+                right += p == y
+                total += 1
+    model.train(was_training)
+    return right / max(total, 1)
 
 
 def expert_subset(records: list[dict], fraction: float) -> list[dict]:

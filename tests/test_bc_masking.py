@@ -94,3 +94,32 @@ def test_tiny_pretraining_supervises_every_token_and_resumes(tiny_tok, tmp_path)
     stamp = (tmp_path / "pretrained_base" / "model.safetensors").stat().st_mtime_ns
     assert bc.pretrain_tiny(cfg, str(path), recs, tmp_path) == out  # finished: reused, not retrained
     assert (tmp_path / "pretrained_base" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_copy_drills_supervise_only_the_copies(tiny_tok):
+    """A copy drill is span, separator, the same span, separator (repeated); only the second copies and their
+    closing separator carry labels; the same seed cuts the same drills; held-out drills shuffle each span."""
+    from qlass_lib.bc import IGNORE, copy_accuracy, copy_drills
+    from qlass_lib.config import ModelConfig
+    from qlass_lib.models import load_model
+    ids = list(range(10, 400))
+    a, b = copy_drills(ids, 3, 1, seed=5), copy_drills(ids, 3, 1, seed=5)
+    assert [(x.input_ids, x.labels) for x in a] == [(x.input_ids, x.labels) for x in b]
+    for ex in a:
+        assert len(ex.input_ids) == len(ex.labels) <= 512
+        i = 0
+        while i < len(ex.input_ids):
+            k = ex.input_ids.index(1, i) - i
+            span = ex.input_ids[i:i + k]
+            assert ex.input_ids[i + k + 1:i + 2 * k + 1] == span and ex.input_ids[i + 2 * k + 1] == 1
+            assert ex.labels[i:i + k + 1] == [IGNORE] * (k + 1) and ex.labels[i + k + 1:i + 2 * k + 2] == span + [1]
+            assert span == ids[span[0] - 10:span[0] - 10 + k]  # a contiguous piece of the stream
+            i += 2 * k + 2
+    shuffled = copy_drills(ids, 2, 1, seed=5, shuffle=True)[0]
+    k = shuffled.input_ids.index(1)
+    span = shuffled.input_ids[:k]
+    assert sorted(span) == list(range(min(span), min(span) + k)) and shuffled.input_ids[k + 1:2 * k + 1] == span
+    _, path = tiny_tok
+    acc = copy_accuracy(load_model(str(path), ModelConfig()), copy_drills(list(range(10, 60)), 2, 1, seed=0, length=64),
+                        ModelConfig())
+    assert 0.0 <= acc <= 1.0
