@@ -184,6 +184,11 @@ def test_webshop_series_runs_through_the_runner():
     assert len(experts) == 16 and all(e["reward"] == 1.0 for e in experts)
     assert experts[0]["actions"][0].startswith("search[") and experts[0]["actions"][-1] == "click[Buy Now]"
     assert {"greedy", "BoN", "QLASS-M2"} <= rows
+    stage = ROOT / "runs" / "pytest-webshop-smoke" / "01_behavior_cloning"
+    pre = json.loads((stage / "pretrained_base" / "pretrain_result.json").read_text())
+    assert pre["steps"] == 6 and pre["copy_drills"] > 0 and 0.0 <= pre["copy_accuracy"] <= 1.0
+    failures = (stage / "bc_failures.csv").read_text().splitlines()
+    assert failures[0].startswith("task_type,no search,bad search") and failures[-1].startswith("all,")
 
 
 @pytest.mark.smoke
