@@ -1,6 +1,6 @@
 """Where a WebShop episode left the expert's script: search → goal product → goal options → Buy Now.
 
-Each episode's executed actions are replayed in a fresh :class:`WebShopEnv` (deterministic), and the episode is
+Each episode's executed actions are replayed from reset in the given :class:`WebShopEnv` (deterministic), and the episode is
 put in the first script step it missed:
 
 - ``no search``: no search was executed;
@@ -35,7 +35,8 @@ def classify(env: WebShopEnv, task: TaskRef, actions: list[str | None]) -> dict:
     goal = env.goal
     want = {str(v).lower() for v in (goal.get("goal_options") or {}).values()}
     searched = found = opened_goal = bought = goal_with_options = False
-    opened_other, bad_id_clicks, bought_asin, bought_ok = 0, 0, None, False
+    others: set[str] = set()  # other products whose item page was opened
+    bad_id_clicks, bought_asin, bought_ok = 0, None, False
     for action in actions:
         if action is None:  # a turn without a parsable action (it still counted toward the turn cap)
             if env.skip_turn(NO_ACTION_OBSERVATION).done:
@@ -54,7 +55,7 @@ def classify(env: WebShopEnv, task: TaskRef, actions: list[str | None]) -> dict:
                 chosen = {str(v).lower() for v in page["options"].values()}
                 goal_with_options = goal_with_options or want <= chosen
             else:
-                opened_other += 1
+                others.add(page["asin"])
         purchase = (step.info or {}).get("purchase")
         if purchase:
             bought, bought_asin = True, purchase["asin"]
@@ -67,7 +68,7 @@ def classify(env: WebShopEnv, task: TaskRef, actions: list[str | None]) -> dict:
         where = "no search"
     elif not found:
         where = "bad search"
-    elif not opened_goal and not opened_other and not bought:
+    elif not opened_goal and not others and not bought:
         where = "no product opened"
     elif not opened_goal or (bought and bought_asin != goal["asin"]):
         where = "wrong product"
@@ -76,7 +77,7 @@ def classify(env: WebShopEnv, task: TaskRef, actions: list[str | None]) -> dict:
     else:
         where = "no Buy Now"
     return {"task": task.id, "task_type": task.task_type, "failed_at": where, "bought": bought,
-            "opened_other_products": opened_other, "invalid_id_clicks": bad_id_clicks, "actions": len(actions)}
+            "opened_other_products": len(others), "invalid_id_clicks": bad_id_clicks, "actions": len(actions)}
 
 
 def failure_table(env: WebShopEnv, episodes: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
