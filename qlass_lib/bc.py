@@ -214,94 +214,6 @@ def train_bc(model, tokenizer, train_ex: list[Example], val_ex: list[Example], b
             "final_train_ema": state.ema}
 
 
-def pretrain_tiny(cfg, base: str, records: list[dict], out_dir) -> str:
-    """Next-token pretraining of the embedded tiny model on the rendered expert conversations, every token
-    supervised (observations included), for ``model.tiny.pretrain_steps`` (``pretrain_minutes`` is a guard).  A model built from scratch has
-    no pretraining to copy names and ids from its context with; this short phase gives it some before BC
-    (which supervises agent turns only).  Resumable; returns the directory of the pretrained base."""
-    from dataclasses import replace
-    from .artifacts import write_json
-    from .models import EMBEDDED, load_model, load_tokenizer
-    minutes, steps = cfg.model.tiny.pretrain_minutes, cfg.model.tiny.pretrain_steps
-    if cfg.model.model_name_or_path != EMBEDDED or steps <= 0:
-        return base
-    out = Path(out_dir) / "pretrained_base"
-    if (out / "pretrain_result.json").is_file():
-        return str(out)
-    tok = load_tokenizer(base, cfg.model)
-    model = load_model(base, cfg.model, train=True)
-    ids: list[int] = []
-    for rec in records:
-        ids += tok(prompts.render(tok, to_messages(rec["conversations"]), False), add_special_tokens=False)["input_ids"]
-    n = cfg.bc.max_length
-    examples = [Example(ids[i:i + n], ids[i:i + n], "pretrain") for i in range(0, len(ids) - 1, n)]
-    share = cfg.model.tiny.copy_share
-    drills = copy_drills(ids, round(len(examples) * share / (1 - share)), tok.eos_token_id, cfg.seed) if share else []
-    held_out = copy_drills(ids, 16, tok.eos_token_id, cfg.seed + 7919, shuffle=True)
-    pcfg = replace(cfg.bc, max_minutes=minutes, max_epochs=10_000, max_steps=steps, stop_at_loss=0.0, eval_every=10**9)
-    result = train_bc(model, tok, examples + drills, [], pcfg, cfg.model, Path(out_dir) / "pretrain", cfg.seed)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    write_json(out / "pretrain_result.json", {"steps": result["steps"], "epochs": result["epochs"], "stopped": result["stopped"],
-               "train_seconds": result["train_seconds"], "final_train_ema": result["final_train_ema"],
-               "tokens_per_epoch": len(ids), "copy_drills": len(drills),
-               "copy_accuracy": copy_accuracy(model, held_out, cfg.model), "loss_curve": [[h["step"], h["train_ema"]] for h in result["history"]
-                                                              if "train_ema" in h][::10]})
-    return str(out)
-
-
-def copy_drills(ids: list[int], count: int, sep: int, seed: int, length: int = 512,
-                shuffle: bool = False) -> list[Example]:
-    """``count`` copy drills cut from the token stream ``ids``: each is span, ``sep``, the same span, ``sep``,
-    repeated up to ``length`` tokens (spans of 8-64 tokens), with the loss on the second copies only.
-
-    Copying a span seen earlier in the context (an induction pattern: find the earlier occurrence of the current
-    token, predict what followed it) is what a pretrained LLM brings to an agent task and what a tiny model
-    trained from scratch lacks: WebShop's policy must copy the instruction into its query and product ids from
-    the results page into ``click[...]``.  ``shuffle`` permutes each span's tokens (held-out drills: then
-    nothing but copying predicts them, not a memorized continuation of the expert text)."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(count):
-        inp: list[int] = []
-        lab: list[int] = []
-        while True:
-            longest = min(64, (length - len(inp) - 2) // 2, len(ids) - 1)
-            if longest < 8:
-                break
-            k = rng.randint(8, longest)
-            start = rng.randrange(len(ids) - k)
-            span = ids[start:start + k]
-            if shuffle:
-                rng.shuffle(span)
-            inp += span + [sep] + span + [sep]
-            lab += [IGNORE] * (k + 1) + span + [sep]
-        if inp:
-            out.append(Example(inp, lab, "copy"))
-    return out
-
-
-@torch.no_grad()
-def copy_accuracy(model, drills: list[Example], model_cfg) -> float:
-    """Share of the copied tokens of ``drills`` that the model predicts right (greedy, teacher-forced)."""
-    if not drills:
-        return float("nan")
-    was_training = model.training
-    model.eval()
-    dev = model_device(model)
-    right = total = 0
-    for ex in drills:
-        x = torch.tensor([ex.input_ids], device=dev)
-        with autocast(model_cfg, dev):
-            pred = model(input_ids=x).logits[0, :-1].argmax(-1).tolist()
-        for p, y in zip(pred, ex.labels[1:]):
-            if y != IGNORE:
-                right += p == y
-                total += 1
-    model.train(was_training)
-    return right / max(total, 1)
-
-
 def expert_subset(records: list[dict], fraction: float) -> list[dict]:
     """The first ``fraction`` of the expert trajectories of every task type (at least one per type), in order:
     the fewer-annotations experiment trains BC on these."""
@@ -336,6 +248,7 @@ def fit_policy(cfg, records: list[dict], base: str, out_dir, extra_train: list[d
         model, tok = load_policy(out_dir / "policy", cfg.model)
         return model, tok, read_json(done)
     if pretrain:
+        from .pretrain import pretrain_tiny
         base = pretrain_tiny(cfg, base, records, out_dir)
     tok = load_tokenizer(base, cfg.model)
     model = load_model(base, cfg.model, train=True)

@@ -35,11 +35,12 @@ class LoopState:
 
 
 def lr_factor(step: int, warmup: int, total: int, decay_start: int = 0) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay from 1 to 0.1, measured from ``decay_start``."""
+    """Linear warm-up over ``warmup`` steps, then cosine decay from 1 to 0.1, measured from ``decay_start``
+    (constant until then: ``decay_start == total`` keeps the rate constant after the warm-up)."""
     if step < warmup:
         return (step + 1) / warmup
     span = max(1, total - decay_start)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - decay_start) / span)))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, (step - decay_start) / span))))
 
 
 @dataclass

@@ -76,14 +76,15 @@ def test_tiny_pretraining_supervises_every_token_and_resumes(tiny_tok, tmp_path)
     from dataclasses import replace
     from safetensors.torch import load_file
     from qlass_lib.config import RunConfig
+    from qlass_lib import pretrain
     tok, path = tiny_tok
     cfg = RunConfig()
     cfg.model = replace(cfg.model, bf16=False, device="cpu")
     recs = [{"id": f"t_{i}", "conversations": to_conversations(_conv(3))} for i in range(4)]
-    assert bc.pretrain_tiny(cfg, str(path), recs, tmp_path) == str(path)  # off by default
+    assert pretrain.pretrain_tiny(cfg, str(path), recs, tmp_path) == str(path)  # off by default
     cfg.model.tiny = replace(cfg.model.tiny, pretrain_steps=20)
     cfg.bc = replace(cfg.bc, max_length=64, batch_tokens=256)
-    out = bc.pretrain_tiny(cfg, str(path), recs, tmp_path)
+    out = pretrain.pretrain_tiny(cfg, str(path), recs, tmp_path)
     assert out != str(path)
     res = json.loads((tmp_path / "pretrained_base" / "pretrain_result.json").read_text())
     assert res["steps"] == 20 and res["stopped"] == "steps" and res["tokens_per_epoch"] > 64
@@ -92,14 +93,15 @@ def test_tiny_pretraining_supervises_every_token_and_resumes(tiny_tok, tmp_path)
     before, after = load_file(str(path / "model.safetensors")), load_file(f"{out}/model.safetensors")
     assert any(not (before[k] == after[k]).all() for k in before)
     stamp = (tmp_path / "pretrained_base" / "model.safetensors").stat().st_mtime_ns
-    assert bc.pretrain_tiny(cfg, str(path), recs, tmp_path) == out  # finished: reused, not retrained
+    assert pretrain.pretrain_tiny(cfg, str(path), recs, tmp_path) == out  # finished: reused, not retrained
     assert (tmp_path / "pretrained_base" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 def test_copy_drills_supervise_only_the_copies(tiny_tok):
     """A copy drill is span, separator, the same span, separator (repeated); only the second copies and their
     closing separator carry labels; the same seed cuts the same drills; held-out drills shuffle each span."""
-    from qlass_lib.bc import IGNORE, copy_accuracy, copy_drills
+    from qlass_lib.bc import IGNORE
+    from qlass_lib.pretrain import copy_accuracy, copy_drills
     from qlass_lib.config import ModelConfig
     from qlass_lib.models import load_model
     ids = list(range(10, 400))
@@ -123,3 +125,43 @@ def test_copy_drills_supervise_only_the_copies(tiny_tok):
     acc = copy_accuracy(load_model(str(path), ModelConfig()), copy_drills(list(range(10, 60)), 2, 1, seed=0, length=64),
                         ModelConfig())
     assert 0.0 <= acc <= 1.0
+
+
+def test_copy_first_phase_runs_alone_at_a_constant_rate_and_resumes(tiny_tok, tmp_path):
+    """The copy-first phase trains on drills only, checks held-out copy accuracy every 50 steps, keeps the
+    learning rate constant after the warm-up, and continues an interrupted phase from its checkpoint to the
+    same weights as an uninterrupted one."""
+    import json
+    from dataclasses import replace
+    from safetensors.torch import load_file
+    from qlass_lib import pretrain
+    from qlass_lib.config import RunConfig
+    from qlass_lib.training import lr_factor
+    assert [lr_factor(s, 5, 60, decay_start=60) for s in (0, 4, 5, 30, 59)] == [0.2, 1.0, 1.0, 1.0, 1.0]
+    tok, path = tiny_tok
+    recs = [{"id": f"t_{i}", "conversations": to_conversations(_conv(3))} for i in range(4)]
+
+    def run(out, steps):
+        cfg = RunConfig()
+        cfg.model = replace(cfg.model, bf16=False, device="cpu")
+        cfg.model.tiny = replace(cfg.model.tiny, copy_first_steps=steps, copy_batch=1, copy_first_target=1.0)
+        cfg.bc = replace(cfg.bc, warmup_steps=5, save_every=10)
+        return pretrain.pretrain_tiny(cfg, str(path), recs, out)
+
+    full = run(tmp_path / "a", 60)
+    res = json.loads((tmp_path / "a" / "pretrained_base" / "pretrain_result.json").read_text())
+    phase = res["copy_phase"]
+    assert phase["steps"] == 60 and phase["stopped"] == "steps" and "steps" not in res  # no text phase
+    assert [s for s, _ in phase["accuracy_curve"]] == [50, 60] and phase["copy_accuracy"] == res["copy_accuracy"]
+    # a crash right after the step-30 checkpoint: the checkpoint is there, unfinished, and no results
+    import shutil
+    import torch
+    run(tmp_path / "b", 30)
+    state_file = tmp_path / "b" / "pretrain_copy" / "trainer_state.json"
+    state_file.write_text(json.dumps(dict(json.loads(state_file.read_text()), stopped=None)))
+    (tmp_path / "b" / "pretrain_copy" / "copy_phase.json").unlink()
+    shutil.rmtree(tmp_path / "b" / "pretrained_base")
+    resumed = run(tmp_path / "b", 60)
+    a, b = load_file(f"{full}/model.safetensors"), load_file(f"{resumed}/model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert any(not (a[k] == v).all() for k, v in load_file(str(path / "model.safetensors")).items())
