@@ -55,6 +55,8 @@ print(res.example_conversation)
 
 # %%
 print(f"base model: {res.base}; parameters: {res.parameters:,}")
+if res.pretraining is not None:  # the embedded tiny model: copy drills, then the expert text
+    display(res.pretraining)
 display(res.train_summary)
 Image(res.figures["loss"])
 

@@ -63,6 +63,7 @@ class EnvConfig:
     options_per_product: int = doc(2, "WebShop: synthetic goals per product (option combinations)", ge=1)
     simplifications: str = doc("easy", "ScienceWorld simplification string; 'easy' (teleport, open doors, ...) is what ETO/QLASS use")
     max_turns: int = doc(20, "per-episode turn cap (counts every action, valid or not)", ge=1)
+    max_action_tokens: int = doc(48, "cap on tokens generated per greedy agent turn (BC evaluation, the greedy baseline); the sampling sections carry their own caps; stage 01 warns when a cap is below the longest expert turn", ge=1)
     max_error_share: float = doc(0.2, "a stage stops when more than this share of its episodes hit an environment exception", ge=0, le=1)
     jvm_memory: str = doc("512m", "JVM heap cap for ScienceWorld (-Xmx)")
     train_per_type: Optional[int] = doc(None, "train variations per task type for expert data / BC (None = all)", ge=1)

@@ -152,9 +152,10 @@ def make_policy(cfg, policy_dir, env_name: str | None = None, backend: str | Non
     env_name = env_name or cfg.env.name
     if (backend or cfg.generation.backend) == "openai":
         from .models import load_tokenizer
-        return ServerPolicy(load_tokenizer(str(policy_dir), cfg.model), cfg.generation, cfg.bc.max_length, env_name)
+        return ServerPolicy(load_tokenizer(str(policy_dir), cfg.model), cfg.generation, cfg.bc.max_length, env_name,
+                            cfg.env.max_action_tokens)
     from .agent import Policy
     from .models import load_policy
     model, tok = load_policy(policy_dir, cfg.model)
     model.eval()
-    return Policy(model, tok, cfg.model, cfg.bc.max_length, env_name)
+    return Policy(model, tok, cfg.model, cfg.bc.max_length, env_name, cfg.env.max_action_tokens)

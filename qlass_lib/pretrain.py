@@ -70,6 +70,21 @@ def pretrain_tiny(cfg, base: str, records: list[dict], out_dir) -> str:
     return str(out)
 
 
+def summary(result: dict) -> dict:
+    """One flat row of a ``pretrain_result.json``: each phase's steps, why it stopped, seconds, and the held-out
+    copy accuracy after it."""
+    row = {}
+    if "copy_phase" in result:
+        ph = result["copy_phase"]
+        row.update(copy_steps=ph["steps"], copy_stopped=ph["stopped"], copy_seconds=round(ph["train_seconds"]),
+                   copy_accuracy_after_drills=ph["copy_accuracy"])
+    if "steps" in result:
+        row.update(text_steps=result["steps"], text_stopped=result["stopped"], text_seconds=round(result["train_seconds"]),
+                   text_final_loss=result["final_train_ema"])
+    row["copy_accuracy_final"] = result.get("copy_accuracy")
+    return row
+
+
 def copy_phase(cfg, model, sep: int, ids: list[int], held_out: list[Example], ckpt_dir: Path) -> dict:
     """Train ``model`` on copy drills cut from ``ids`` alone (``copy_batch`` drills of 512 tokens per step,
     AdamW at ``bc.learning_rate``, linear warm-up then constant), until the held-out copy accuracy reaches

@@ -41,6 +41,9 @@ def summarize_run(run_dir: str | Path) -> str:
         st = r1["expert_stats"]
         out += ["## Expert trajectories", f"{st['kept']} of {st['tasks']} training tasks kept "
                 f"({100 * st['success_rate']:.1f}%: replay reached the full score), {st['failed']} failed"]
+    if "pretraining" in r1:
+        out += ["## Pretraining of the tiny model (copy accuracy: held-out drills with shuffled spans)",
+                _md(pd.DataFrame([r1["pretraining"]]), 3)]
     if {"table", "train", "metrics"} <= set(r1):
         res, met = r1["train"], r1["metrics"]
         out += ["## Behavior cloning", f"parameters {met['parameters']:,}; trained {res['train_seconds']:.0f} s, "

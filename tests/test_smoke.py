@@ -187,6 +187,9 @@ def test_webshop_series_runs_through_the_runner():
     stage = ROOT / "runs" / "pytest-webshop-smoke" / "01_behavior_cloning"
     pre = json.loads((stage / "pretrained_base" / "pretrain_result.json").read_text())
     assert pre["steps"] == 6 and pre["copy_drills"] > 0 and 0.0 <= pre["copy_accuracy"] <= 1.0
+    assert pre["copy_phase"]["steps"] == 4 and pre["copy_phase"]["stopped"] == "steps"
+    from qlass_lib.report import summarize_run
+    assert "## Pretraining of the tiny model" in summarize_run(stage.parent)
     failures = (stage / "bc_failures.csv").read_text().splitlines()
     assert failures[0].startswith("task_type,no search,bad search") and failures[-1].startswith("all,")
 

@@ -31,6 +31,7 @@ class BCResult:
     metrics: dict                        # bc_metrics.json
     figures: dict = field(default_factory=dict)  # name -> PNG path
     failures: pd.DataFrame | None = None  # bc_failures.csv: held-out episodes per expert-script step missed
+    pretraining: pd.DataFrame | None = None  # the tiny model's pretraining phases (copy drills, expert text), if any
 
     @property
     def train_summary(self) -> pd.DataFrame:
@@ -69,7 +70,8 @@ def run(ctx) -> BCResult:
         figures = {"loss": out / "bc_loss.png"}
         close_figure(plots.loss_curves(result["history"], figures["loss"]))
 
-        policy = Policy(model, tokenizer, cfg.model, cfg.bc.max_length, env.name)
+        action_tokens = _action_token_stats(cfg, tokenizer, records)
+        policy = Policy(model, tokenizer, cfg.model, cfg.bc.max_length, env.name, cfg.env.max_action_tokens)
         runner = make_executor(ctx, env, policy, backend="hf")  # the policy just trained, in-process or per worker
         try:
             episodes = evaluate(runner, eval_tasks(env, cfg.env), lambda ws, budget: greedy_chooser(ws.policy, budget),
@@ -88,13 +90,42 @@ def run(ctx) -> BCResult:
     n_params = models.count_parameters(model)
     metrics = {"schema_version": 1, "split": cfg.env.eval_split, "per_type": table.to_dict("records"),
                "bc_trajectories": len(records), "expert_fraction": cfg.bc.expert_fraction,
-               "parameters": n_params, "train_seconds": result["train_seconds"], "env_errors": env_errors}
+               "parameters": n_params, "train_seconds": result["train_seconds"], "env_errors": env_errors,
+               "expert_action_tokens": action_tokens}
     write_json(out / "bc_metrics.json", metrics)
     figures["eval"] = out / "bc_eval.png"
     close_figure(plots.bar_by_group(table, "task_type", "mean_reward_x100", figures["eval"],
                                     "greedy BC policy, held out"))
+    pre = _pretraining(out)
     return BCResult(out, stats, per_type, shown, example, str(base), n_params, result, episodes, table, metrics,
-                    figures, failures[1] if failures is not None else None)
+                    figures, failures[1] if failures is not None else None,
+                    pd.DataFrame([pre]) if pre else None)
+
+
+def _action_token_stats(cfg, tokenizer, records: list[dict]) -> dict:
+    """Token lengths of the expert's agent turns, and every generation cap of the run that is shorter than the
+    longest turn (+1 for the end-of-turn token), with a warning: a capped turn is cut mid-action (a WebShop
+    query loses its end and becomes an invalid action)."""
+    import warnings
+    lengths = sorted(len(tokenizer(c["value"], add_special_tokens=False)["input_ids"])
+                     for r in records for c in r["conversations"] if c["from"] == "gpt")
+    if not lengths:
+        return {}
+    caps = {"env.max_action_tokens": cfg.env.max_action_tokens, "tree.sampling.max_new_tokens":
+            cfg.tree.sampling.max_new_tokens, "search.sampling.max_new_tokens": cfg.search.sampling.max_new_tokens}
+    short = {k: v for k, v in caps.items() if v < lengths[-1] + 1}
+    if short:
+        warnings.warn(f"generation caps shorter than the longest expert turn ({lengths[-1]} tokens + end of turn): "
+                      f"{short}; turns that long are cut mid-action")
+    return {"median": lengths[len(lengths) // 2], "p99": lengths[int(0.99 * (len(lengths) - 1))], "max": lengths[-1],
+            "caps_below_max": short}
+
+
+def _pretraining(stage_dir: Path) -> dict | None:
+    from ..artifacts import read_json
+    from ..pretrain import summary
+    f = Path(stage_dir) / "pretrained_base" / "pretrain_result.json"
+    return summary(read_json(f)) if f.is_file() else None
 
 
 def load(stage_dir: Path) -> dict:
@@ -108,4 +139,7 @@ def load(stage_dir: Path) -> dict:
         out["table"] = pd.read_csv(d / "bc_eval.csv")
     if (d / "bc_failures.csv").is_file():
         out["failures"] = pd.read_csv(d / "bc_failures.csv")
+    pre = _pretraining(d)
+    if pre:
+        out["pretraining"] = pre
     return out

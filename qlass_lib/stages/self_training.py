@@ -72,7 +72,7 @@ def run(ctx) -> SelfTrainingResult:
             method = f"SFT (seed {seed})"
             model, tok, train[method] = fit_policy(cfg, experts, base, out / "finetune" / f"sft_seed{seed}",
                                                    pretrain=False, train_seed=seed)
-            evals[method] = _evaluate(env, held_out, Policy(model, tok, cfg.model, cfg.bc.max_length, env.name),
+            evals[method] = _evaluate(env, held_out, Policy(model, tok, cfg.model, cfg.bc.max_length, env.name, cfg.env.max_action_tokens),
                                       out / f"eval_sft_seed{seed}.jsonl", method, example)
         for method, eps in generated.items():
             kept, kept_counts[method] = st_lib.select(eps, st.min_reward)
@@ -81,7 +81,7 @@ def run(ctx) -> SelfTrainingResult:
             write_jsonl(out / "data" / f"{name}.jsonl", records)  # a pure function of the generation log
             model, tok, train[method] = fit_policy(cfg, experts, base, out / "finetune" / name, extra_train=records,
                                                    pretrain=False)
-            evals[method] = _evaluate(env, held_out, Policy(model, tok, cfg.model, cfg.bc.max_length, env.name),
+            evals[method] = _evaluate(env, held_out, Policy(model, tok, cfg.model, cfg.bc.max_length, env.name, cfg.env.max_action_tokens),
                                       out / f"eval_{name}.jsonl", method, example)
             del model
             gc.collect()
