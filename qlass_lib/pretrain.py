@@ -86,8 +86,9 @@ def summary(result: dict) -> dict:
 
 
 def copy_phase(cfg, model, sep: int, ids: list[int], held_out: list[Example], ckpt_dir: Path) -> dict:
-    """Train ``model`` on copy drills cut from ``ids`` alone (``copy_batch`` drills of 512 tokens per step,
-    AdamW at ``bc.learning_rate``, linear warm-up then constant), until the held-out copy accuracy reaches
+    """Train ``model`` on copy drills cut from ``ids`` alone (``copy_batch`` drills of 512 tokens per step, spans
+    shuffled with ``copy_shuffle``; AdamW at ``bc.learning_rate``, linear warm-up then constant), until the
+    held-out copy accuracy reaches
     ``copy_first_target`` or after ``copy_first_steps``; ``pretrain_minutes`` is a wall-clock guard.
     Resumable from ``ckpt_dir``; a finished phase only reloads its weights.  Returns steps, why it stopped and
     the accuracy curve."""
@@ -107,7 +108,7 @@ def copy_phase(cfg, model, sep: int, ids: list[int], held_out: list[Example], ck
 
     def epoch_batches(epoch: int) -> list[list[Example]]:
         # one "epoch" = the fresh drills between two accuracy checks, the same after a resume
-        drills = copy_drills(ids, CHECK_EVERY * tiny.copy_batch, sep, cfg.seed * 1000 + epoch)
+        drills = copy_drills(ids, CHECK_EVERY * tiny.copy_batch, sep, cfg.seed * 1000 + epoch, shuffle=tiny.copy_shuffle)
         return [drills[i:i + tiny.copy_batch] for i in range(0, len(drills), tiny.copy_batch)]
 
     def loss_fn(batch):
