@@ -47,7 +47,9 @@ def pretrain_tiny(cfg, base: str, records: list[dict], out_dir) -> str:
     ids: list[int] = []
     for rec in records:
         ids += tok(prompts.render(tok, to_messages(rec["conversations"]), False), add_special_tokens=False)["input_ids"]
-    held_out = copy_drills(ids, HELD_OUT_DRILLS, tok.eos_token_id, cfg.seed + 7919, shuffle=True)
+    # held out: shuffled spans (only copying predicts them), or random ones when the copy-first phase trains on those
+    held_mode = "random" if tiny.copy_first_steps > 0 and tiny.copy_first_source == "random" else "shuffled"
+    held_out = copy_drills(ids, HELD_OUT_DRILLS, tok.eos_token_id, cfg.seed + 7919, mode=held_mode)
     result: dict = {"tokens_per_epoch": len(ids)}
     if tiny.copy_first_steps > 0:
         result["copy_phase"] = copy_phase(cfg, model, tok.eos_token_id, ids, held_out, Path(out_dir) / "pretrain_copy")
@@ -87,7 +89,7 @@ def summary(result: dict) -> dict:
 
 def copy_phase(cfg, model, sep: int, ids: list[int], held_out: list[Example], ckpt_dir: Path) -> dict:
     """Train ``model`` on copy drills cut from ``ids`` alone (``copy_batch`` drills of 512 tokens per step, spans
-    shuffled with ``copy_shuffle``; AdamW at ``bc.learning_rate``, linear warm-up then constant), until the
+    as ``copy_first_source`` says; AdamW at ``bc.learning_rate``, linear warm-up then constant), until the
     held-out copy accuracy reaches
     ``copy_first_target`` or after ``copy_first_steps``; ``pretrain_minutes`` is a wall-clock guard.
     Resumable from ``ckpt_dir``; a finished phase only reloads its weights.  Returns steps, why it stopped and
@@ -108,7 +110,7 @@ def copy_phase(cfg, model, sep: int, ids: list[int], held_out: list[Example], ck
 
     def epoch_batches(epoch: int) -> list[list[Example]]:
         # one "epoch" = the fresh drills between two accuracy checks, the same after a resume
-        drills = copy_drills(ids, CHECK_EVERY * tiny.copy_batch, sep, cfg.seed * 1000 + epoch, shuffle=tiny.copy_shuffle)
+        drills = copy_drills(ids, CHECK_EVERY * tiny.copy_batch, sep, cfg.seed * 1000 + epoch, mode=tiny.copy_first_source)
         return [drills[i:i + tiny.copy_batch] for i in range(0, len(drills), tiny.copy_batch)]
 
     def loss_fn(batch):
@@ -137,7 +139,7 @@ def copy_phase(cfg, model, sep: int, ids: list[int], held_out: list[Example], ck
 
 
 def copy_drills(ids: list[int], count: int, sep: int, seed: int, length: int = 512,
-                shuffle: bool = False) -> list[Example]:
+                mode: str = "text") -> list[Example]:
     """``count`` copy drills cut from the token stream ``ids``: each is span, ``sep``, the same span, ``sep``,
     repeated up to ``length`` tokens (spans of 8-64 tokens), with the loss on the second copies only.
 
@@ -145,9 +147,14 @@ def copy_drills(ids: list[int], count: int, sep: int, seed: int, length: int = 5
     token, predict what followed it) is what a pretrained LLM brings to an agent task and what a tiny model
     trained from scratch lacks: WebShop's policy must copy the instruction into its query and product ids from
     the results page into ``click[...]``; ALFWorld's must name the object instance the observation lists.
-    ``shuffle`` permutes each span's tokens (held-out drills: then nothing but copying predicts them, not a
-    memorized continuation of the expert text)."""
+    ``mode="shuffled"`` permutes each span's tokens (then nothing but copying predicts them, not a memorized
+    continuation of the expert text); ``mode="random"`` draws each span's tokens uniformly from the set of
+    tokens in ``ids`` other than ``sep`` (repeats inside a span are rare, so which token follows is rarely
+    ambiguous, unlike in shuffled spans of a repetitive text)."""
+    if mode not in ("text", "shuffled", "random"):
+        raise ValueError(f"copy drill mode {mode!r}: expected text, shuffled or random")
     rng = random.Random(seed)
+    vocab = sorted(set(ids) - {sep}) if mode == "random" else []
     out = []
     for _ in range(count):
         inp: list[int] = []
@@ -158,8 +165,8 @@ def copy_drills(ids: list[int], count: int, sep: int, seed: int, length: int = 5
                 break
             k = rng.randint(8, longest)
             start = rng.randrange(len(ids) - k)
-            span = ids[start:start + k]
-            if shuffle:
+            span = ids[start:start + k] if mode != "random" else [rng.choice(vocab) for _ in range(k)]
+            if mode == "shuffled":
                 rng.shuffle(span)
             inp += span + [sep] + span + [sep]
             lab += [IGNORE] * (k + 1) + span + [sep]

@@ -99,7 +99,7 @@ def test_tiny_pretraining_supervises_every_token_and_resumes(tiny_tok, tmp_path)
 
 def test_copy_drills_supervise_only_the_copies(tiny_tok):
     """A copy drill is span, separator, the same span, separator (repeated); only the second copies and their
-    closing separator carry labels; the same seed cuts the same drills; held-out drills shuffle each span."""
+    closing separator carry labels; the same seed cuts the same drills; shuffled drills permute each span, random ones draw from the token set."""
     from qlass_lib.bc import IGNORE
     from qlass_lib.pretrain import copy_accuracy, copy_drills
     from qlass_lib.config import ModelConfig
@@ -117,10 +117,14 @@ def test_copy_drills_supervise_only_the_copies(tiny_tok):
             assert ex.labels[i:i + k + 1] == [IGNORE] * (k + 1) and ex.labels[i + k + 1:i + 2 * k + 2] == span + [1]
             assert span == ids[span[0] - 10:span[0] - 10 + k]  # a contiguous piece of the stream
             i += 2 * k + 2
-    shuffled = copy_drills(ids, 2, 1, seed=5, shuffle=True)[0]
+    shuffled = copy_drills(ids, 2, 1, seed=5, mode="shuffled")[0]
     k = shuffled.input_ids.index(1)
     span = shuffled.input_ids[:k]
     assert sorted(span) == list(range(min(span), min(span) + k)) and shuffled.input_ids[k + 1:2 * k + 1] == span
+    rand = copy_drills([7, 7, 8, 9] * 20, 1, 1, seed=5, mode="random")[0]  # tokens drawn from {7, 8, 9}
+    k = rand.input_ids.index(1)
+    assert set(rand.input_ids) == {7, 8, 9, 1} and rand.input_ids[k + 1:2 * k + 1] == rand.input_ids[:k]
+    assert copy_drills([7, 7, 8, 9] * 20, 1, 1, seed=5, mode="random")[0].input_ids == rand.input_ids
     _, path = tiny_tok
     acc = copy_accuracy(load_model(str(path), ModelConfig()), copy_drills(list(range(10, 60)), 2, 1, seed=0, length=64),
                         ModelConfig())
