@@ -8,8 +8,8 @@ Two phases, both optional and resumable:
    change after ~450 steps of drills alone, while drills mixed into 700 steps of expert text with a decaying
    rate never got there (held-out accuracy 0.047).
 2. **expert text** (``model.tiny.pretrain_steps``): next-token prediction on the rendered expert conversations
-   (every token supervised, observations included), with ``copy_share`` of the examples copy drills so the
-   copy skill is kept.
+   (every token supervised, observations included), with ``copy_share`` of the examples copy drills (of the
+   copy-first phase's source) so the copy skill is kept.
 
 ``pretrain_result.json`` records the steps, losses and the held-out copy accuracy after each phase.
 """
@@ -57,7 +57,9 @@ def pretrain_tiny(cfg, base: str, records: list[dict], out_dir) -> str:
         n = cfg.bc.max_length
         examples = [Example(ids[i:i + n], ids[i:i + n], "pretrain") for i in range(0, len(ids) - 1, n)]
         share = tiny.copy_share
-        drills = copy_drills(ids, round(len(examples) * share / (1 - share)), tok.eos_token_id, cfg.seed) if share else []
+        mode = tiny.copy_first_source if tiny.copy_first_steps > 0 else "text"  # keep the skill on the same drills
+        drills = copy_drills(ids, round(len(examples) * share / (1 - share)), tok.eos_token_id, cfg.seed, mode=mode) \
+            if share else []
         pcfg = replace(cfg.bc, max_minutes=tiny.pretrain_minutes, max_epochs=10_000, max_steps=tiny.pretrain_steps,
                        stop_at_loss=0.0, eval_every=10**9)
         res = train_bc(model, tok, examples + drills, [], pcfg, cfg.model, Path(out_dir) / "pretrain", cfg.seed)
