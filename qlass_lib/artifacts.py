@@ -172,7 +172,10 @@ def guard_hits(stage_dir: str | Path) -> list[str]:
     out = []
     for p in sorted(Path(stage_dir).rglob("*result.json")):
         try:
-            if json.loads(p.read_text()).get("stopped") == "time":
+            res = json.loads(p.read_text())
+            # a result's own stop, or that of a phase recorded inside it (the tiny model's copy-first phase)
+            stops = [res.get("stopped")] + [v.get("stopped") for v in res.values() if isinstance(v, dict)]
+            if "time" in stops:
                 out.append(str(p.relative_to(stage_dir)))
         except (OSError, ValueError, AttributeError):
             continue

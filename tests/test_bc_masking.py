@@ -169,3 +169,14 @@ def test_copy_first_phase_runs_alone_at_a_constant_rate_and_resumes(tiny_tok, tm
     a, b = load_file(f"{full}/model.safetensors"), load_file(f"{resumed}/model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     assert any(not (a[k] == v).all() for k, v in load_file(str(path / "model.safetensors")).items())
+
+
+def test_a_copy_phase_stopped_by_the_clock_is_named_as_a_guard_hit(tmp_path):
+    """A pretraining whose copy-first phase stopped on the wall-clock guard depends on the machine's speed:
+    the stage manifest's guard list names its result file, as it does for a top-level stop."""
+    import json
+    from qlass_lib.artifacts import guard_hits
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "pretrain_result.json").write_text(json.dumps({"stopped": "steps", "copy_phase": {"stopped": "time"}}))
+    (tmp_path / "bc_result.json").write_text(json.dumps({"stopped": "steps", "copy_phase": {"stopped": "target_accuracy"}}))
+    assert guard_hits(tmp_path) == ["a/pretrain_result.json"]
