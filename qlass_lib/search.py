@@ -120,14 +120,18 @@ def _episode_job(method: str, make_chooser, seed: int, paraphraser, tag: dict, w
 
 def run_suite(executor, tasks: list[TaskRef], search_cfg, out_path: str | Path, paraphraser: Paraphraser) -> list[dict]:
     """Greedy, Best-of-N, QLASS for every M, and (when ``search.augmented``) BoN-aug and QLASS-aug at the
-    largest M, on ``tasks``, once per seed in ``search.seeds``; QLASS is guided by the workspace's QNet "q"."""
+    largest M, on ``tasks``, once per seed in ``search.seeds``; QLASS is guided by the workspace's QNet "q".
+    Greedy is deterministic: it runs under the first seed and its episodes are reused for the others."""
     s, N = search_cfg.sampling, search_cfg.n_trajectories
     m_max = max(search_cfg.m_candidates)
     dd = search_cfg.dedup_candidates
     eps = []
     for seed in search_cfg.seeds:
-        eps += run_method(executor, tasks, "greedy", lambda ws, b, i: greedy_chooser(ws.policy, b), 1, out_path,
-                          seed=seed)
+        if seed == search_cfg.seeds[0]:
+            eps += run_method(executor, tasks, "greedy", lambda ws, b, i: greedy_chooser(ws.policy, b), 1, out_path,
+                              seed=seed)
+        else:
+            eps += reuse_greedy(tasks, out_path, search_cfg.seeds[0], seed)
         eps += run_method(executor, tasks, "BoN", lambda ws, b, i: sampling_chooser(ws.policy, s, b), N, out_path,
                           seed=seed)
         if search_cfg.augmented:
@@ -142,6 +146,22 @@ def run_suite(executor, tasks: list[TaskRef], search_cfg, out_path: str | Path, 
                               lambda ws, b, i: _aug_chooser(ws.policy, ws.qnets["q"], m_max, s, b, paraphraser, dd),
                               N, out_path, m=m_max, seed=seed)
     return eps
+
+
+def reuse_greedy(tasks: list[TaskRef], out_path: str | Path, from_seed: int, seed: int) -> list[dict]:
+    """Greedy decoding draws no random number, so its episode is the same under every seed: the records of
+    ``from_seed`` are appended again under ``seed`` (marked ``reused_from_seed``) instead of being rerun.
+    Resumable like :func:`run_method`; a task whose ``from_seed`` record is missing is an error."""
+    log = ResumableLog(out_path, key=lambda r: (r["method"], r["task"], r["traj"], r.get("seed", 0)))
+    first = {r["task"]: r for r in log.records(lambda r: r["method"] == "greedy" and r.get("seed", 0) == from_seed)}
+    for t in tasks:
+        if ("greedy", t.id, 0, seed) in log.done:
+            continue
+        if t.id not in first:
+            raise RuntimeError(f"{out_path}: no greedy episode of seed {from_seed} for {t.id} to reuse")
+        log.append({**first[t.id], "seed": seed, "reused_from_seed": from_seed})
+    wanted = {t.id for t in tasks}
+    return log.records(lambda r: r["method"] == "greedy" and r["task"] in wanted and r.get("seed", 0) == seed)
 
 
 def _aug_chooser(policy, qnet, m, sampling, budget, paraphraser, dedup=True):

@@ -188,3 +188,31 @@ def test_ablation_runs_on_its_own_seeds(tmp_path):
     cfg.ablation_seeds = None  # default: every search seed
     eps = search.run_ablation(runner, tasks, ["q", "outcome"], cfg, tmp_path / "abl2.jsonl")
     assert sorted({e["seed"] for e in eps}) == [0, 1, 2] and len(eps) == 2 * 3 * len(tasks)
+
+
+def test_greedy_runs_once_and_its_episodes_are_reused_for_the_other_seeds(tmp_path):
+    from qlass_lib.config import SearchConfig
+    env = SpyEnv(max_turns=3)
+    tasks = env.tasks("train")[:2]
+    pol = FixedPolicy(["go red", "go blue"])
+    cfg = SearchConfig(seeds=[3, 5], m_candidates=[2], n_trajectories=2, augmented=False)
+    runner = local(env, pol, {"q": PrefersQNet("go red")})
+    out = tmp_path / "eps.jsonl"
+    eps = search.run_suite(runner, tasks, cfg, out, local_paraphrase)
+    greedy = [e for e in eps if e["method"] == "greedy"]
+    assert sorted((e["seed"], e["task"]) for e in greedy) == sorted((s, t.id) for s in (3, 5) for t in tasks)
+    first = {e["task"]: e for e in greedy if e["seed"] == 3}
+    for e in greedy:
+        if e["seed"] == 5:  # the same episode, marked as reused
+            assert e["reused_from_seed"] == 3
+            drop = ("seed", "reused_from_seed")
+            assert {k: v for k, v in e.items() if k not in drop} == {k: v for k, v in first[e["task"]].items()
+                                                                      if k not in drop}
+    # greedy reached the environment for one seed only: 2 tasks x 3 turns
+    n_env = len(env.executed)
+    env.executed.clear()
+    again = search.run_suite(runner, tasks, cfg, out, local_paraphrase)  # a rerun resumes: nothing executed
+    assert env.executed == [] and len(again) == len(eps)
+    # every executed action belongs to an episode that was run; the reused greedy episodes executed nothing
+    assert n_env == sum(len(e["turns"]) for e in eps if "reused_from_seed" not in e)
+    assert sum(len(e["turns"]) for e in greedy if "reused_from_seed" in e) > 0
