@@ -85,6 +85,11 @@ def qlass_chooser(policy: Policy, qnet, m: int, sampling, budget: Budget, paraph
     return choose
 
 
+def episode_key(r: dict) -> tuple:
+    """What identifies a record of an episode log: (method, task, trajectory, seed)."""
+    return r["method"], r["task"], r["traj"], r.get("seed", 0)
+
+
 def episode_log_record(method: str, traj: int, seed: int, ep, task: TaskRef, budget: Budget, **tag) -> dict:
     """The record of one finished search/generation episode, as every episode log stores it."""
     return {"method": method, "traj": traj, "seed": seed, **tag, **ep.to_dict(), "task_type": task.task_type,
@@ -99,7 +104,7 @@ def run_method(executor, tasks: list[TaskRef], method: str, make_chooser, n_traj
 
     ``make_chooser(ws, budget, i)`` builds the chooser of trajectory i from the workspace (its policy and QNets).
     """
-    log = ResumableLog(out_path, key=lambda r: (r["method"], r["task"], r["traj"], r.get("seed", 0)))
+    log = ResumableLog(out_path, key=episode_key)
     todo = log.todo([(t, i) for t in tasks for i in range(n_traj)], lambda x: (method, x[0].id, x[1], seed))
     text = paraphraser if per_trajectory_task_text else None
     executor.run(todo, partial(_episode_job, method, make_chooser, seed, text, tag), log, f"{method} seed {seed}")
@@ -152,7 +157,7 @@ def reuse_greedy(tasks: list[TaskRef], out_path: str | Path, from_seed: int, see
     """Greedy decoding draws no random number, so its episode is the same under every seed: the records of
     ``from_seed`` are appended again under ``seed`` (marked ``reused_from_seed``) instead of being rerun.
     Resumable like :func:`run_method`; a task whose ``from_seed`` record is missing is an error."""
-    log = ResumableLog(out_path, key=lambda r: (r["method"], r["task"], r["traj"], r.get("seed", 0)))
+    log = ResumableLog(out_path, key=episode_key)
     first = {r["task"]: r for r in log.records(lambda r: r["method"] == "greedy" and r.get("seed", 0) == from_seed)}
     for t in tasks:
         if ("greedy", t.id, 0, seed) in log.done:

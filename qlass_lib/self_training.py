@@ -93,8 +93,8 @@ def rft_generation(env: TextEnv, tasks: list[TaskRef], policy, sampling, token_b
     import torch
 
     from .agent import run_episode
-    from .search import episode_log_record, episode_seed, sampling_chooser
-    log = ResumableLog(out_path, key=lambda r: (r["method"], r["task"], r["traj"], r.get("seed", 0)))
+    from .search import episode_key, episode_log_record, episode_seed, sampling_chooser
+    log = ResumableLog(out_path, key=episode_key)
     mine = [r for r in log.records() if r["method"] == method and r.get("seed", 0) == seed]
     for task in tqdm(tasks, desc=method, leave=False):
         have = sorted((r for r in mine if r["task"] == task.id), key=lambda r: r["traj"])

@@ -208,7 +208,6 @@ def test_greedy_runs_once_and_its_episodes_are_reused_for_the_other_seeds(tmp_pa
             drop = ("seed", "reused_from_seed")
             assert {k: v for k, v in e.items() if k not in drop} == {k: v for k, v in first[e["task"]].items()
                                                                       if k not in drop}
-    # greedy reached the environment for one seed only: 2 tasks x 3 turns
     n_env = len(env.executed)
     env.executed.clear()
     again = search.run_suite(runner, tasks, cfg, out, local_paraphrase)  # a rerun resumes: nothing executed
