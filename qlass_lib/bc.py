@@ -59,7 +59,7 @@ def build_examples(tokenizer, records: list[dict], max_length: int) -> list[Exam
             out.append(Example(ids, labels, rec["id"]))
             continue
         for i, m in enumerate(msgs):
-            if m["role"] != "assistant":
+            if m["role"] != "assistant" or m.get("loss") is False:
                 continue
             window = prompts.fit(tokenizer, msgs[: i + 1], max_length, add_generation_prompt=False)
             ids, labels = mask_labels(tokenizer, window, supervise="last")
@@ -253,12 +253,15 @@ def fit_policy(cfg, records: list[dict], base: str, out_dir, extra_train: list[d
     tok = load_tokenizer(base, cfg.model)
     model = load_model(base, cfg.model, train=True)
     train_recs, val_recs = split_by_task(records, cfg.bc.val_fraction, cfg.seed)
-    train_recs = train_recs + list(extra_train or [])
+    from .recovery import add_recovery_copies
+    recovery = add_recovery_copies(train_recs, cfg.env.name, cfg.bc.recovery_copies, cfg.bc.recovery_rate, cfg.seed)
+    train_recs = train_recs + recovery + list(extra_train or [])
     train_ex = build_examples(tok, train_recs, cfg.bc.max_length)
     val_ex = build_examples(tok, val_recs, cfg.bc.max_length)
     seed = cfg.seed if train_seed is None else train_seed
     result = train_bc(model, tok, train_ex, val_ex, cfg.bc, cfg.model, out_dir, seed)
-    result.update(train_seed=seed, train_examples=len(train_ex), val_examples=len(val_ex), train_tasks=len(train_recs),
+    result.update(recovery_copies=len(recovery), recovery_turns=sum(r["recovery_turns"] for r in recovery),
+                  train_seed=seed, train_examples=len(train_ex), val_examples=len(val_ex), train_tasks=len(train_recs),
                   val_tasks=len(val_recs), base_model=base,
                   supervised_tokens_per_epoch=sum(sum(1 for x in e.labels if x != IGNORE) for e in train_ex))
     save_policy(model, tok, out_dir / "policy", base)

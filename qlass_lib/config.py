@@ -127,6 +127,8 @@ class BCConfig:
     stop_at_loss: float = doc(0.04, "stop when the running action-token loss falls below this (keeps sampling diversity)", ge=0)
     val_fraction: float = doc(0.05, "share of expert tasks held out for validation loss", ge=0, lt=1)
     expert_fraction: float = doc(1.0, "share of the expert trajectories BC trains on (the first of each task type; fewer-annotations experiment); trees and QNet keep the same task pool", gt=0, le=1)
+    recovery_copies: int = doc(0, "recovery copies of each training trajectory: invalid commands inserted without loss, so the policy learns to go on after one (ALFWorld)", ge=0)
+    recovery_rate: float = doc(0.3, "chance, per agent turn of a recovery copy, that an invalid command is inserted before it", ge=0, le=1)
     warmup_steps: int = doc(20, "linear warm-up steps", ge=0)
     eval_every: int = doc(50, "optimizer steps between validation-loss checks", ge=1)
     save_every: int = doc(100, "optimizer steps between resumable checkpoints", ge=1)
@@ -343,6 +345,8 @@ def cross_check(cfg: RunConfig) -> None:
                           "tasks of each type and trees the ones after them)")
     if not cfg.search.seeds:
         raise ConfigError("search.seeds: give at least one seed")
+    if cfg.bc.recovery_copies and cfg.env.name != "alfworld":
+        raise ConfigError(f"bc.recovery_copies: recovery copies are built for alfworld only (env.name is {cfg.env.name!r})")
     st = cfg.self_training
     bad = [t for t in st.targets if t not in ("q", "avg_reward", "outcome")]
     if bad:

@@ -74,12 +74,15 @@ def with_looks(actions: list[str], look: str = "look around") -> list[str]:
 
 
 def to_conversations(messages: list[dict]) -> list[dict]:
-    return [{"from": "gpt" if m["role"] == "assistant" else "human", "value": m["content"]} for m in messages]
+    """Chat messages -> ETO conversation turns; an agent turn marked ``loss: False`` (not supervised) keeps it."""
+    return [{"from": "gpt" if m["role"] == "assistant" else "human", "value": m["content"],
+             **({"loss": False} if m.get("loss") is False else {})} for m in messages]
 
 
 def to_messages(conversations: list[dict]) -> list[dict]:
-    return [{"role": "assistant" if c["from"] in ("gpt", "assistant") else "user", "content": c["value"]}
-            for c in conversations]
+    """ETO conversation turns -> chat messages (the inverse of :func:`to_conversations`)."""
+    return [{"role": "assistant" if c["from"] in ("gpt", "assistant") else "user", "content": c["value"],
+             **({"loss": False} if c.get("loss") is False else {})} for c in conversations]
 
 
 def record_trajectory(env: TextEnv, task: TaskRef, actions: list[str], thoughts: str = "none",

@@ -147,12 +147,13 @@ def fitted_prompt(tokenizer, state: list[dict], max_tokens: int, reserve: int) -
 
 
 def assistant_spans(tokenizer, messages: Sequence[dict], last_only: bool = False) -> tuple[str, list[tuple[int, int]]]:
-    """Full rendered text and the character span of every assistant turn (content + end-of-turn marker);
-    with ``last_only`` just the last one's (two renderings instead of two per turn)."""
+    """Full rendered text and the character span of every supervised assistant turn (content + end-of-turn
+    marker; a turn marked ``loss: False`` has none); with ``last_only`` just the last turn's (two renderings
+    instead of two per turn)."""
     spans = []
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     for i, m in enumerate(messages):
-        if m["role"] == "assistant" and (not last_only or i == turns[-1]):
+        if m["role"] == "assistant" and (not last_only or i == turns[-1]) and m.get("loss") is not False:
             start = len(render(tokenizer, messages[:i], True))
             text = render(tokenizer, messages[: i + 1], False)
             end = len(text.rstrip())  # content + end-of-turn marker, without trailing newlines

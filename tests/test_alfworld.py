@@ -171,3 +171,36 @@ def test_searcher_expert_searches_then_lets_the_planner_finish(tmp_path):
     assert [len(a) for a in acts] == [10, 12, 8]
     assert acts[0][:6] == [f"go to shelf {i}" for i in (6, 5, 4, 3, 2, 1)] and acts[0][7].startswith("take bowl")
     assert acts[1][:4] == ["go to drawer 4", "open drawer 4", "go to drawer 3", "open drawer 3"]
+
+
+def test_recovery_commands_do_nothing_in_the_real_game(alf):
+    """Every invalid command a recovery copy may insert (``bc.recovery_copies``) gets "Nothing happens." in the
+    real game and leaves it unchanged: at every state of the planner's path on two valid_seen games all of them
+    are executed, and the expert's next command still gets the observation recorded without them, up to the win."""
+    from qlass_lib.expert import record_trajectory, to_messages
+    from qlass_lib.prompts import observation_turn, parse_action
+    from qlass_lib.recovery import NOTHING, invalid_commands, receptacle_types
+    firsts = {}
+    for t in alf.tasks("dev"):
+        firsts.setdefault(t.task_type.split("@")[0], t)
+    tasks = [firsts["look_at_obj_in_light"], firsts["pick_and_place_simple"]]
+    recs = [record_trajectory(alf, t, alf.gold_actions(t)) for t in tasks]
+    types = receptacle_types(recs)
+    alf.max_turns = 10_000
+    tried = [0, 0, 0]
+    try:
+        for task, rec in zip(tasks, recs):
+            msgs = to_messages(rec["conversations"])
+            alf.reset(task)
+            for i in range(1, len(msgs), 2):
+                for k, cmds in enumerate(invalid_commands(msgs, i, types)):
+                    for bad in cmds:
+                        assert alf.step(bad).observation == NOTHING, bad
+                        tried[k] += 1
+                step = alf.step(parse_action(msgs[i]["content"]))
+                if i + 1 < len(msgs):
+                    assert observation_turn(step.observation) == msgs[i + 1]["content"]
+            assert step.done and step.info["score"] == 1.0
+    finally:
+        alf.max_turns = 40
+    assert all(tried), tried  # every kind was tried
