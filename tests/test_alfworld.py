@@ -92,23 +92,33 @@ PLANNER_STEPS = {"look_at_obj_in_light": 3, "pick_and_place_simple": 4, "pick_cl
                  "pick_two_obj_and_place": 8}
 
 
-def test_planner_expert_wins_one_game_per_type_the_same_way_twice(alf, tmp_path):
+@pytest.fixture(scope="module")
+def planner_run(alf, tmp_path_factory):
+    """The first valid_seen game of each task type, and the planner's replay-checked records of them."""
+    from qlass_lib.expert import generate_expert, read_jsonl
+    firsts = {}
+    for t in alf.tasks("dev"):
+        firsts.setdefault(t.task_type.split("@")[0], t)
+    out = tmp_path_factory.mktemp("planner") / "expert0.jsonl"
+    stats = generate_expert(alf, list(firsts.values()), out)
+    return firsts, stats, {r["id"]: r for r in read_jsonl(out)}
+
+
+def test_planner_expert_wins_one_game_per_type_the_same_way_twice(alf, planner_run, tmp_path):
     """ALFWorld's PDDL planner through the expert stage (replay-checked) on the first valid_seen game of each
     task type: it wins all six, in a known number of steps, and a second run (on two of them, to save time)
     writes the same actions."""
     from qlass_lib.envs.alfworld import TASK_TYPES
     from qlass_lib.expert import generate_expert, read_jsonl
     assert alf.expert == "planner"
-    firsts = {}
-    for t in alf.tasks("dev"):
-        firsts.setdefault(t.task_type.split("@")[0], t)
+    firsts, stats, records = planner_run
     assert set(firsts) == set(TASK_TYPES)
-    runs = []
-    for k, games in enumerate([list(firsts.values()), list(firsts.values())[:2]]):
-        out = tmp_path / f"expert{k}.jsonl"
-        stats = generate_expert(alf, games, out)
-        assert stats == {"kept": len(games), "failed": 0, "fallback": 0}
-        runs.append({r["id"]: r["actions"] for r in read_jsonl(out)})
+    assert stats == {"kept": 6, "failed": 0, "fallback": 0}
+    runs = [{tid: r["actions"] for tid, r in records.items()}]
+    games = list(firsts.values())[:2]
+    out = tmp_path / "expert1.jsonl"
+    assert generate_expert(alf, games, out) == {"kept": 2, "failed": 0, "fallback": 0}
+    runs.append({r["id"]: r["actions"] for r in read_jsonl(out)})
     assert runs[1] == {g.id: runs[0][g.id] for g in list(firsts.values())[:2]}
     assert {tid.split("@")[0]: len(a) for tid, a in runs[0].items()} == PLANNER_STEPS
     for acts in runs[0].values():
@@ -173,18 +183,16 @@ def test_searcher_expert_searches_then_lets_the_planner_finish(tmp_path):
     assert acts[1][:4] == ["go to drawer 4", "open drawer 4", "go to drawer 3", "open drawer 3"]
 
 
-def test_recovery_commands_do_nothing_in_the_real_game(alf):
+def test_recovery_commands_do_nothing_in_the_real_game(alf, planner_run):
     """Every invalid command a recovery copy may insert (``bc.recovery_copies``) gets "Nothing happens." in the
     real game and leaves it unchanged: at every state of the planner's path on two valid_seen games all of them
     are executed, and the expert's next command still gets the observation recorded without them, up to the win."""
-    from qlass_lib.expert import record_trajectory, to_messages
+    from qlass_lib.expert import to_messages
     from qlass_lib.prompts import observation_turn, parse_action
     from qlass_lib.recovery import NOTHING, invalid_commands, receptacle_types
-    firsts = {}
-    for t in alf.tasks("dev"):
-        firsts.setdefault(t.task_type.split("@")[0], t)
+    firsts, _, records = planner_run
     tasks = [firsts["look_at_obj_in_light"], firsts["pick_and_place_simple"]]
-    recs = [record_trajectory(alf, t, alf.gold_actions(t)) for t in tasks]
+    recs = [records[t.id] for t in tasks]
     types = receptacle_types(recs)
     alf.max_turns = 10_000
     tried = [0, 0, 0]
