@@ -10,8 +10,8 @@ the policy learns to go on with the task after a command that did nothing.
 Because an invalid command does not change the game, the expert's later turns stay valid after it. The inserted
 commands are of three kinds, the policy's own most frequent errors in held-out ALFWorld episodes: going to the
 receptacle the agent already stands at, going to a receptacle the room does not have, and taking an object
-instance that has not been seen. ``tests/test_recovery.py`` replays recovery copies in the real game and checks
-every observation.
+instance that has not been seen. ``tests/test_alfworld.py`` executes every such command at every state of expert
+paths in real games and checks each observation.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import re
 
 from . import prompts
 from .envs.alfworld_searcher import kind, receptacles_in
-from .expert import template_thought
+from .expert import template_thought, to_conversations, to_messages
 
 NOTHING = "Nothing happens."
 _ARRIVE = re.compile(r"^Observation: You arrive at [^.]*\.", re.IGNORECASE)
@@ -30,8 +30,9 @@ _ENTITY = re.compile(r"\b([a-z]+) (\d+)\b")
 
 
 def room_receptacles(first_message: str) -> list[str]:
-    """Receptacles ("drawer 3") listed in the first observation of an ALFWorld task message."""
-    return receptacles_in(first_message.split("Observation:", 1)[-1])
+    """Receptacles ("drawer 3") listed in the first observation of an ALFWorld task message (its last
+    observation: a one-shot example before the task has observations of its own)."""
+    return receptacles_in(first_message.rsplit("Observation:", 1)[-1])
 
 
 def receptacle_types(records: list[dict]) -> list[str]:
@@ -71,7 +72,6 @@ def invalid_commands(messages: list[dict], i: int, types: list[str]) -> list[lis
 def recovery_copy(record: dict, rate: float, types: list[str], rng: random.Random, thoughts: bool) -> dict | None:
     """One copy of ``record`` with an unsupervised invalid command inserted before each agent turn with
     probability ``rate``; None when nothing was inserted."""
-    from .expert import to_conversations, to_messages
     msgs = to_messages(record["conversations"])
     out, inserted = [msgs[0]], 0
     for i in range(1, len(msgs)):

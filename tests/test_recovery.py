@@ -4,7 +4,7 @@ import pytest
 
 from qlass_lib import bc, prompts
 from qlass_lib.expert import to_conversations, to_messages
-from qlass_lib.recovery import NOTHING, add_recovery_copies, invalid_commands, receptacle_types
+from qlass_lib.recovery import NOTHING, add_recovery_copies, invalid_commands, receptacle_types, room_receptacles
 
 
 def _record(tid="pick_and_place_simple@train_0"):
@@ -27,6 +27,11 @@ def _other_room():
 
 def test_invalid_commands_by_kind():
     msgs = to_messages(_record()["conversations"])
+    assert room_receptacles(msgs[0]["content"]) == ["cabinet 1", "countertop 1", "diningtable 1", "fridge 1"]
+    example = [{"role": "user", "content": "Observation: Looking quickly around you, you see a sofa 1."}]
+    with_example = prompts.first_message("alfworld", "Your task is to: put some apple on diningtable.",
+                                         "Looking quickly around you, you see a cabinet 1.", example)
+    assert room_receptacles(with_example) == ["cabinet 1"]  # the task's room, not the example's
     types = receptacle_types([_record(), _other_room()])
     assert types == ["cabinet", "countertop", "desk", "diningtable", "fridge", "sofa"]
     assert invalid_commands(msgs, 1, types) == [[], ["go to desk 1", "go to sofa 1"], []]  # nowhere yet
