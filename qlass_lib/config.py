@@ -208,6 +208,7 @@ class SelfTrainingConfig:
     rft: bool = doc(True, "also run the RFT baseline: policy samples on the same tasks, the same generated tokens per task")
     control_seeds: list[int] = doc([1], "SFT retrained on the expert data alone with these training seeds (batch order): how far two SFT runs differ is the noise a self-training difference must clear")
     rft_max_per_task: int = doc(8, "cap on RFT samples per task (sampling stops earlier once the task's token budget is spent)", ge=1)
+    max_steps: Optional[int] = doc(None, "optimizer-step cap of each fine-tune (None = the BC recipe's bc.max_steps / bc.max_epochs); the smoke run lowers it", ge=1)
 
 
 @dataclass

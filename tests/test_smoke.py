@@ -147,13 +147,13 @@ def test_stage06_self_training_artifacts(smoke_run):
     sft_train = json.loads((d1 / "bc_result.json").read_text())
     control = json.loads((d / "finetune" / "sft_seed1" / "bc_result.json").read_text())
     assert control["train_seed"] == 1 and control["train_tasks"] == sft_train["train_tasks"]
-    assert control["val_tasks"] == sft_train["val_tasks"]
+    assert control["val_tasks"] == sft_train["val_tasks"] and 0 < control["steps"] <= 10
     for m in methods[2:]:
         name = m.lower().replace(" (", "_").replace(")", "")
         kept = (d / "data" / f"{name}.jsonl").read_text().splitlines()
         res = json.loads((d / "finetune" / name / "bc_result.json").read_text())
         assert res["train_tasks"] == sft_train["train_tasks"] + len(kept)  # expert train split + kept trajectories
-        assert res["val_tasks"] == sft_train["val_tasks"] and res["steps"] > 0
+        assert res["val_tasks"] == sft_train["val_tasks"] and 0 < res["steps"] <= 10  # self_training.max_steps
         evals = [json.loads(l) for l in (d / f"eval_{name}.jsonl").read_text().splitlines()]
         assert {e["task"] for e in evals} == sft_eval
     comp = {(c["A"], c["B"]) for c in csv.DictReader((d / "comparisons.csv").open())}

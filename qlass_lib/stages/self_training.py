@@ -63,6 +63,7 @@ def run(ctx) -> SelfTrainingResult:
             generated["RFT"] = st_lib.rft_generation(env, tasks, policy, st.sampling, budget, st.rft_max_per_task,
                                                      out / "generation.jsonl", cfg.seed, example)
         experts, base = ctx.expert_records(), ctx.bc_base()
+        ft_cfg = finetune_config(cfg)
         held_out = eval_tasks(env, cfg.env)
         evals = {"SFT": [e for e in read_jsonl(ctx.run_dir / STAGES["01"] / "eval_episodes.jsonl")
                          if e["task"] in {t.id for t in held_out}]}
@@ -70,7 +71,7 @@ def run(ctx) -> SelfTrainingResult:
         train = {"SFT": read_json(ctx.run_dir / STAGES["01"] / "bc_result.json")}
         for seed in st.control_seeds:  # the noise floor: SFT's own data, another batch order
             method = f"SFT (seed {seed})"
-            model, tok, train[method] = fit_policy(cfg, experts, base, out / "finetune" / f"sft_seed{seed}",
+            model, tok, train[method] = fit_policy(ft_cfg, experts, base, out / "finetune" / f"sft_seed{seed}",
                                                    pretrain=False, train_seed=seed)
             evals[method] = _evaluate(env, held_out, Policy(model, tok, cfg.model, cfg.bc.max_length, env.name, cfg.env.max_action_tokens),
                                       out / f"eval_sft_seed{seed}.jsonl", method, example)
@@ -79,7 +80,7 @@ def run(ctx) -> SelfTrainingResult:
             records = [st_lib.episode_record(e, env.name, example) for e in kept]
             name = st_lib.slug(method)
             write_jsonl(out / "data" / f"{name}.jsonl", records)  # a pure function of the generation log
-            model, tok, train[method] = fit_policy(cfg, experts, base, out / "finetune" / name, extra_train=records,
+            model, tok, train[method] = fit_policy(ft_cfg, experts, base, out / "finetune" / name, extra_train=records,
                                                    pretrain=False)
             evals[method] = _evaluate(env, held_out, Policy(model, tok, cfg.model, cfg.bc.max_length, env.name, cfg.env.max_action_tokens),
                                       out / f"eval_{name}.jsonl", method, example)
@@ -100,6 +101,15 @@ def run(ctx) -> SelfTrainingResult:
     figures = {"bars": out / "self_training.png"}
     close_figure(st_lib.bar_figure(results, figures["bars"]))
     return SelfTrainingResult(out, desc, gen, results, comp, summary, figures)
+
+
+def finetune_config(cfg):
+    """The run config with which stage 06 fine-tunes: the BC recipe, its step cap replaced by
+    ``self_training.max_steps`` when that is set."""
+    import dataclasses
+    if cfg.self_training.max_steps is None:
+        return cfg
+    return dataclasses.replace(cfg, bc=dataclasses.replace(cfg.bc, max_steps=cfg.self_training.max_steps))
 
 
 def _evaluate(env, tasks, policy, path: Path, method: str, example) -> list[dict]:
