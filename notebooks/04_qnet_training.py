@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -18,7 +23,10 @@
 # validation *and* the training trees (a QNet must first fit its own trees). The value head starts at the mean
 # target; the learning rate warms up, then decays; the checkpoint kept is the best on the validation trees'
 # sibling accuracy (`qnet.select`), so that number is optimistic — the search results of notebook 05 on held-out
-# tasks are the unbiased test. QNets on the ablation targets (`avg_reward`, `outcome`) are trained the same way.
+# tasks are the unbiased test. Beside each QNet's sibling accuracy stands the BC policy's own
+# (`policy_sibling_accuracy`: its log-probability of each sibling action): search samples its candidates from that
+# policy, so a QNet that does not beat it cannot help. QNets on the ablation targets (`avg_reward`, `outcome`) are
+# trained the same way.
 # The work is `qlass_lib.stages.qnet_training.run`.
 
 # %% tags=["parameters"]

@@ -1,6 +1,8 @@
 """Stage 04 · QNet training: the BC backbone plus the MLP value head, MSE on the normalized Q targets of stage
 03; evaluated on held-out trees (MSE next to the targets' variance, Spearman, sibling accuracy next to its
-random baseline, calibration); QNets on the ablation targets are trained the same way.
+random baseline, calibration); QNets on the ablation targets are trained the same way.  Next to each QNet's
+sibling accuracy stands the BC policy's own (its log-probability of each sibling action, ``qlass_lib.prior``):
+search samples from that policy, so a QNet that does not rank siblings better than it cannot help.
 
 Artifacts (``runs/<id>/04_qnet_training/``): ``qnet_q/`` (+ ``qnet_<target>/``), ``qnet_metrics.csv``,
 ``qnet_metrics.json``, ``calibration.csv``, ``qnet_training.png``.
@@ -65,10 +67,28 @@ def run(ctx) -> QNetResult:
     rows = [metrics]
     for target in cfg.qnet.ablation_targets:
         rows.append(fit_qnet(cfg, policy_dir, data_dir, out / f"qnet_{target}", target)[2])
+    prior = _policy_prior(cfg, policy_dir, data_dir, [r["target"] for r in rows])
+    rows = [{**r, **prior[r["target"]]} for r in rows]
+    metrics = rows[0]
     table = pd.DataFrame(rows)
     table.to_csv(out / "qnet_metrics.csv", index=False)
     write_json(out / "qnet_metrics.json", {"schema_version": 1, "qnets": rows, "train_seconds": result["train_seconds"]})
     return QNetResult(out, metrics, history, cal, table, result["train_seconds"], figures)
+
+
+def _policy_prior(cfg, policy_dir: Path, data_dir: Path, targets: list[str]) -> dict[str, dict]:
+    """The BC policy's own log-probability as a sibling ranker, per target (``policy_sibling_accuracy`` on the
+    validation trees, ``train_policy_sibling_accuracy`` on the training trees): the reference a QNet must beat."""
+    import gc
+
+    from ..models import load_policy
+    from ..prior import prior_sibling_metrics
+    model, tok = load_policy(policy_dir, cfg.model)
+    try:
+        return prior_sibling_metrics(model, tok, data_dir, targets, cfg.qnet.max_length, cfg.qnet.batch_size)
+    finally:
+        del model
+        gc.collect()
 
 
 def load(stage_dir: Path) -> dict:
