@@ -48,8 +48,9 @@ def _in_sibling_groups(rows: list[dict]) -> list[dict]:
 
 def prior_sibling_metrics(model, tokenizer, data_dir: str | Path, targets: list[str], max_length: int,
                           batch_size: int = 16) -> dict[str, dict]:
-    """Per target: the policy log-probability's sibling accuracy (and its random baseline) on the validation
-    trees and, as ``train_*``, on the training trees; keys match stage 04's QNet metrics."""
+    """Per target: the policy log-probability's sibling accuracy on the validation trees and, as ``train_*``, on
+    the training trees (the same groups as the QNet's ``sibling_accuracy``, so its ``sibling_random_baseline``
+    applies); NaN where no sibling group's targets differ."""
     from .qnet_train import evaluate_qnet
     out: dict[str, dict] = {t: {} for t in targets}
     for split, prefix in (("val", ""), ("train", "train_")):
