@@ -38,24 +38,17 @@ def action_logprobs(model, tokenizer, rows: list[dict], max_length: int, batch_s
     return out
 
 
-def _in_sibling_groups(rows: list[dict]) -> list[dict]:
-    """The records whose parent has two or more children (all that sibling accuracy looks at)."""
-    count: dict[tuple, int] = {}
-    for r in rows:
-        count[(r["task"], r["parent"])] = count.get((r["task"], r["parent"]), 0) + 1
-    return [r for r in rows if count[(r["task"], r["parent"])] > 1]
-
-
 def prior_sibling_metrics(model, tokenizer, data_dir: str | Path, targets: list[str], max_length: int,
                           batch_size: int = 16) -> dict[str, dict]:
     """Per target: the policy log-probability's sibling accuracy on the validation trees and, as ``train_*``, on
     the training trees (the same groups as the QNet's ``sibling_accuracy``, so its ``sibling_random_baseline``
     applies); NaN where no sibling group's targets differ."""
-    from .qnet_train import evaluate_qnet
+    from .qnet_train import evaluate_qnet, sibling_groups
     out: dict[str, dict] = {t: {} for t in targets}
     for split, prefix in (("val", ""), ("train", "train_")):
         path = Path(data_dir) / f"qnet_{split}.jsonl"
-        rows = _in_sibling_groups(list(read_jsonl(path))) if path.is_file() else []
+        rows = list(read_jsonl(path)) if path.is_file() else []
+        rows = [rows[i] for i in sorted(i for ids in sibling_groups(rows).values() for i in ids)]  # parents with 2+ children
         lp = action_logprobs(model, tokenizer, rows, max_length, batch_size) if rows else np.empty(0)
         for t in targets:
             exs = [{"task": r["task"], "parent": r["parent"], "target": float(r["targets"][t])} for r in rows]

@@ -30,8 +30,8 @@ _ENTITY = re.compile(r"\b([a-z]+) (\d+)\b")
 
 
 def room_receptacles(first_message: str) -> list[str]:
-    """Receptacles ("drawer 3") listed in the first observation of an ALFWorld task message (its last
-    observation: a one-shot example before the task has observations of its own)."""
+    """Receptacles ("drawer 3") listed in the task's own observation: the last "Observation:" of an ALFWorld
+    first message (a one-shot example before the task has observations of its own)."""
     return receptacles_in(first_message.rsplit("Observation:", 1)[-1])
 
 
