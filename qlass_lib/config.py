@@ -173,6 +173,7 @@ class QNetConfig:
     warmup_steps: int = doc(10, "linear learning-rate warm-up steps (then cosine decay to 10%)", ge=0)
     batch_size: int = doc(16, "examples per step", ge=1)
     loss: Literal["per_token", "last_token"] = doc("per_token", "MSE over every action token (paper) or the last one")
+    pool: Literal["last", "mean"] = doc("last", "the head reads each token's hidden state (paper) or the mean over the action's tokens so far")
     eval_every: int = doc(25, "optimizer steps between validation checks (checkpoint selection)", ge=1)
     select: Literal["last", "sibling_accuracy", "val_mse"] = doc("sibling_accuracy", "which checkpoint to keep: the last, or the best on the validation trees")
     max_minutes: float = doc(60.0, "wall-clock guard only (a run that hits it says so in its manifest and report)", gt=0)

@@ -101,7 +101,7 @@ def predict_paths(qnet: QNet, path_exs: list[dict], batch_size: int = 16) -> dic
     for i in range(0, len(order), batch_size):
         chunk = order[i:i + batch_size]
         b = _batch([path_exs[j] for j in chunk], qnet.tokenizer.pad_token_id, device)
-        v = qnet.forward(b["input_ids"], b["attention_mask"])
+        v = qnet.forward(b["input_ids"], b["attention_mask"], b["action_mask"])
         for r, j in enumerate(chunk):
             pos = b["last_mask"][r].nonzero().flatten().tolist()
             for node, p in zip(path_exs[j]["nodes"], pos):
@@ -127,7 +127,7 @@ def predict(qnet: QNet, exs: list[dict], batch_size: int = 16) -> np.ndarray:
     order = sorted(range(len(exs)), key=lambda i: len(exs[i]["ids"]))
     for i in range(0, len(order), batch_size):
         b = _batch([exs[j] for j in order[i:i + batch_size]], qnet.tokenizer.pad_token_id, device)
-        out += qnet.values(b["input_ids"], b["attention_mask"]).tolist()
+        out += qnet.values(b["input_ids"], b["attention_mask"], b["action_mask"]).tolist()
     pred = np.empty(len(exs))
     pred[order] = out
     return pred
@@ -142,8 +142,9 @@ def _selection_score(metrics: dict, kind: str) -> tuple:
 
 @torch.no_grad()
 def last_token_features(qnet: QNet, exs: list[dict], batch_size: int = 16):
-    """Backbone hidden states at the last token of every labeled action, their targets, and each example's
-    rows: with a frozen backbone these never change, so they are computed once and only the head trains."""
+    """The head's input at the last token of every labeled action (its hidden state, or the action's mean
+    hidden state with pool mean), their targets, and each example's rows: with a frozen backbone these never
+    change, so they are computed once and only the head trains."""
     qnet.eval()
     device = model_device(qnet.lm)
     feats, ys, rows = [], [], [[] for _ in exs]
@@ -152,6 +153,7 @@ def last_token_features(qnet: QNet, exs: list[dict], batch_size: int = 16):
         chunk = order[i:i + batch_size]
         b = _batch([exs[j] for j in chunk], qnet.tokenizer.pad_token_id, device)
         h, _ = qnet.hidden(b["input_ids"], b["attention_mask"])
+        h = qnet.features(h, b["action_mask"])
         for r, j in enumerate(chunk):
             for pos in b["last_mask"][r].nonzero().flatten().tolist():
                 rows[j].append(len(feats))
@@ -200,7 +202,9 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
     cached = cfg.backbone_lr_scale == 0 and cfg.loss == "last_token" and bool(train)
     if cached:
         feats, ys, rows = last_token_features(qnet, train, cfg.batch_size)
-        watch_feats = last_token_features(qnet, watch, cfg.batch_size)[0] if watch else None
+        if watch:  # features come in length order: put them back in the order of the watched examples
+            wf, _, w_rows = last_token_features(qnet, watch, cfg.batch_size)
+            watch_feats = wf[[r[-1] for r in w_rows]]
 
     def check(step: int) -> list[dict]:
         """Score the watched validation examples; keep the best checkpoint; the history entry (none without
@@ -327,7 +331,7 @@ def fit_qnet(cfg, policy_dir: str | Path, data_dir: str | Path, out_dir: str | P
         result = read_json(done)
     else:
         torch.manual_seed(cfg.seed)
-        qnet = from_policy(policy_dir, cfg.model, cfg.qnet.max_length, train=True)
+        qnet = from_policy(policy_dir, cfg.model, cfg.qnet.max_length, train=True, pool=cfg.qnet.pool)
         paths = data_dir / "qnet_paths_train.jsonl"
         train = (load_path_examples(qnet, paths, target) if paths.is_file()
                  else load_examples(qnet, data_dir / "qnet_train.jsonl", target))

@@ -8,13 +8,13 @@ from qlass_lib.qnet import QNet, encode_pair, last_index, load_qnet, pad
 from qlass_lib.qnet_train import evaluate_qnet, train_qnet
 
 
-@pytest.fixture()
-def qnet(tiny_tok):
+@pytest.fixture(params=["last", "mean"])
+def qnet(tiny_tok, request):
     from qlass_lib.models import load_model
     tok, path = tiny_tok
     torch.manual_seed(0)
     cfg = ModelConfig(device="cpu", bf16=False)
-    q = QNet(load_model(str(path), cfg), tok, cfg, max_length=512)
+    q = QNet(load_model(str(path), cfg), tok, cfg, max_length=512, pool=request.param)
     q.eval()
     return q
 
@@ -34,13 +34,24 @@ def test_last_index_left_and_right():
     assert last_index(right).tolist() == [2, 3] and last_index(left).tolist() == [3, 3]
 
 
+def test_span_mean_by_hand():
+    from qlass_lib.qnet import span_mean
+    h = torch.tensor([[1.0, 2.0, 4.0, 8.0, 16.0, 32.0]])[..., None]
+    m = torch.tensor([[0, 1, 1, 0, 1, 1]])
+    want = [1.0, 2.0, 3.0, 8.0, 16.0, 24.0]  # two runs averaged apart; tokens outside keep their value
+    assert span_mean(h, m)[0, :, 0].tolist() == want
+
+
 def test_values_equal_on_left_and_right_padding(qnet):
-    enc = [encode_pair(qnet.tokenizer, _state(), c, 512)[0] for c in CANDS]
+    pairs = [encode_pair(qnet.tokenizer, _state(), c, 512) for c in CANDS]
+    enc, masks = [p[0] for p in pairs], [p[1] for p in pairs]
     r_ids, r_att = pad(enc, qnet.tokenizer.pad_token_id, "right")
     l_ids, l_att = pad(enc, qnet.tokenizer.pad_token_id, "left")
+    r_am, l_am = pad(masks, 0, "right")[0], pad(masks, 0, "left")[0]
     with torch.no_grad():
-        vr, vl = qnet.values(r_ids, r_att), qnet.values(l_ids, l_att)
-        solo = torch.stack([qnet.values(torch.tensor([e]), torch.ones(1, len(e), dtype=torch.long))[0] for e in enc])
+        vr, vl = qnet.values(r_ids, r_att, r_am), qnet.values(l_ids, l_att, l_am)
+        solo = torch.stack([qnet.values(torch.tensor([e]), torch.ones(1, len(e), dtype=torch.long),
+                                        torch.tensor([m]))[0] for e, m in zip(enc, masks)])
     torch.testing.assert_close(vr, vl, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(vr, solo, atol=1e-5, rtol=1e-4)
 
@@ -90,6 +101,7 @@ def test_save_load_round_trip(qnet, tiny_tok, tmp_path):
     out = qnet.save(tmp_path / "q", str(tiny_tok[1]), {"target": "q"})
     assert (out / "value_head.safetensors").is_file() and (out / "model.safetensors").is_file()
     back = load_qnet(out, qnet.model_cfg)
+    assert back.pool == qnet.pool
     assert back.score(_state(), CANDS) == pytest.approx(want, abs=1e-5)
 
 
@@ -125,12 +137,14 @@ def test_path_packing_sees_the_same_context_as_per_node_examples(qnet, tmp_path)
     assert sorted(labeled) == sorted(per_node)  # each node exactly once
     with torch.no_grad():
         for e in packed:
-            v = qnet.forward(torch.tensor([e["ids"]]), torch.ones(1, len(e["ids"]), dtype=torch.long))[0]
+            v = qnet.forward(torch.tensor([e["ids"]]), torch.ones(1, len(e["ids"]), dtype=torch.long),
+                             torch.tensor([e["action_mask"]]))[0]
             ends = [i for i, m in enumerate(e["last_mask"]) if m]
             for node, i in zip(e["nodes"], ends):
                 ref = per_node[(e["task"], node)]
                 assert e["target_tok"][i] == pytest.approx(ref["target"])
-                solo = qnet.values(torch.tensor([ref["ids"]]), torch.ones(1, len(ref["ids"]), dtype=torch.long))[0]
+                solo = qnet.values(torch.tensor([ref["ids"]]), torch.ones(1, len(ref["ids"]), dtype=torch.long),
+                                   torch.tensor([ref["action_mask"]]))[0]
                 assert float(v[i]) == pytest.approx(float(solo), abs=1e-4)
     from qlass_lib.qnet_train import node_records, predict, predict_paths
     batched = predict_paths(qnet, packed, batch_size=3)  # padded batches of paths: the same values
@@ -162,7 +176,7 @@ def _groups(tok, rooms, seed):
     return exs
 
 
-def _ranking_setup(tmp_path_factory, name):
+def _ranking_setup(tmp_path_factory, name, pool="last"):
     """A fresh seeded tiny QNet, and the training and held-out sibling groups."""
     from qlass_lib.config import TinyModelConfig
     from qlass_lib.models import build_tiny, load_model, load_tokenizer
@@ -172,16 +186,16 @@ def _ranking_setup(tmp_path_factory, name):
     cfg = ModelConfig(device="cpu", bf16=False)
     tok = load_tokenizer(str(d), cfg)
     torch.manual_seed(0)
-    q = QNet(load_model(str(d), cfg, train=True), tok, cfg, 256)
+    q = QNet(load_model(str(d), cfg, train=True), tok, cfg, 256, pool)
     return q, _groups(tok, ROOMS[:5], 0), _groups(tok, ROOMS[5:], 1)
 
 
-@pytest.mark.parametrize("loss", ["last_token", "per_token"])
-def test_qnet_trained_on_fixed_groups_beats_random_siblings_on_held_out_ones(tmp_path_factory, loss):
+@pytest.mark.parametrize("loss,pool", [("last_token", "last"), ("per_token", "last"), ("last_token", "mean")])
+def test_qnet_trained_on_fixed_groups_beats_random_siblings_on_held_out_ones(tmp_path_factory, loss, pool):
     """Fails when QNet training (head init, warm-up, loss masks, value read-out, checkpoint selection) does
     not learn to rank: on held-out rooms the QNet must pick the best sibling far more often than chance and
     explain most of the target variance on its own training groups."""
-    q, train, held = _ranking_setup(tmp_path_factory, "qrank")
+    q, train, held = _ranking_setup(tmp_path_factory, "qrank", pool)
     res = train_qnet(q, train, held, QNetConfig(epochs=30, batch_size=9, learning_rate=1e-3, backbone_lr_scale=1.0,
                                                 warmup_steps=5, eval_every=10, loss=loss, select="last"))
     assert res["steps"] == 150 and res["stopped"] == "epochs" and res["selected_step"] == 150
@@ -203,11 +217,12 @@ def test_checkpoint_selection_restores_the_best_validation_step(tmp_path_factory
     assert evaluate_qnet(predict(q, held), held)["mse"] == pytest.approx(best["val_mse"], abs=1e-6)
 
 
-def test_frozen_backbone_trains_the_head_on_cached_features(tmp_path_factory):
+@pytest.mark.parametrize("pool", ["last", "mean"])
+def test_frozen_backbone_trains_the_head_on_cached_features(tmp_path_factory, pool):
     """backbone_lr_scale=0 + last-token loss: features computed once; the head trained on them gives the same
     values as the full model's read-out, and the backbone is untouched."""
     from qlass_lib.qnet_train import last_token_features, predict
-    q, train, held = _ranking_setup(tmp_path_factory, "qfrozen")
+    q, train, held = _ranking_setup(tmp_path_factory, "qfrozen", pool)
     before = {k: v.clone() for k, v in q.lm.state_dict().items()}
     res = train_qnet(q, train, held, QNetConfig(epochs=10, batch_size=9, learning_rate=1e-3, backbone_lr_scale=0.0,
                                                 warmup_steps=5, eval_every=10, loss="last_token", select="last"))
@@ -218,4 +233,6 @@ def test_frozen_backbone_trains_the_head_on_cached_features(tmp_path_factory):
     assert [len(r) for r in rows] == [1] * len(held)
     assert predict(q, held) == pytest.approx(from_features[[r[0] for r in rows]], abs=1e-5)
     checks = [h for h in res["history"] if "val_mse" in h]
+    # the validation checks score the cached features in the examples' own order: the same as predict
+    assert checks[-1]["val_mse"] == pytest.approx(evaluate_qnet(predict(q, held), held)["mse"], abs=1e-6)
     assert checks[-1]["val_mse"] < checks[0]["val_mse"]  # the head learned something on its cached features
