@@ -78,13 +78,14 @@ def test_cached_results_do_not_depend_on_what_ran_before(model):
     assert [warm.propose(s)[0].text for s in a] == first
 
 
-def test_qnet_scores_with_cache_equal_scores_without(model):
+@pytest.mark.parametrize("pool", ["last", "mean"])
+def test_qnet_scores_with_cache_equal_scores_without(model, pool):
     m, tok = model
     cands = ["Action: go to outside", "Action: look around", "Action: open door to outside"]
     vals = {}
     for kv in (False, True):
         torch.manual_seed(0)
-        q = QNet(m, tok, ModelConfig(device="cpu", bf16=False, kv_cache=kv), max_length=512).eval()
+        q = QNet(m, tok, ModelConfig(device="cpu", bf16=False, kv_cache=kv), max_length=512, pool=pool).eval()
         vals[kv] = [q.score(s, cands) + q.score(s, cands[:1]) for s in _states("Find the animal.")]
         if kv:
             assert q.prefix.stats()["reused_tokens"] > 0
