@@ -75,7 +75,7 @@ class EnvConfig:
 
 @dataclass
 class ExpertConfig:
-    thoughts: Literal["none", "template"] = doc("none", "agent turn text: bare action, or a templated short rationale + action")
+    thoughts: Literal["none", "template", "plan"] = doc("none", "agent turn text: bare action, a templated short rationale + action, or the expert's plan note + action (ALFWorld searcher: the receptacles left to check)")
     look_on_arrival: bool = doc(True, "ScienceWorld: insert 'look around' after each move so decisions see the room (replay-checked)")
     sft_file: Optional[str] = doc(None, "an ETO-format SFT JSON file to use instead of generating from gold paths")
     one_shot: bool = doc(False, "put one expert demonstration into every prompt (useful for large pretrained models)")
@@ -347,6 +347,9 @@ def cross_check(cfg: RunConfig) -> None:
                           "tasks of each type and trees the ones after them)")
     if not cfg.search.seeds:
         raise ConfigError("search.seeds: give at least one seed")
+    if cfg.expert.thoughts == "plan" and (cfg.env.name != "alfworld" or cfg.env.alfworld_expert != "searcher"):
+        raise ConfigError("expert.thoughts: 'plan' notes come from ALFWorld's searcher expert only (env.name: alfworld, "
+                          "env.alfworld_expert: searcher)")
     if cfg.bc.recovery_copies and cfg.env.name != "alfworld":
         raise ConfigError(f"bc.recovery_copies: recovery copies are built for alfworld only (env.name is {cfg.env.name!r})")
     st = cfg.self_training

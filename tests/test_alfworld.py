@@ -160,6 +160,7 @@ def test_searcher_expert_searches_then_lets_the_planner_finish(tmp_path):
     from qlass_lib.envs.alfworld import ALFWorldEnv
     from qlass_lib.envs.alfworld_searcher import location_counts, receptacles_in, search_order
     from qlass_lib.expert import generate_expert, read_jsonl
+    from qlass_lib.prompts import parse_action, parse_thought
     assert receptacles_in("you see a cabinet 2, a cabinet 1, and a toilet 1.") == ["cabinet 2", "cabinet 1", "toilet 1"]
     assert search_order(["drawer 1", "bed 1", "desk 1"], "book", {"book": {"bed": 5, "desk": 5}}) == \
         ["bed 1", "desk 1", "drawer 1"]
@@ -169,14 +170,24 @@ def test_searcher_expert_searches_then_lets_the_planner_finish(tmp_path):
     games = [TaskRef("look_at_obj_in_light@dev", 1), TaskRef("pick_and_place_simple@dev", 14),
              TaskRef("pick_two_obj_and_place@dev", 116)]
     try:
-        runs = []
-        for k in range(2):
+        runs, recs = [], []
+        for k, thoughts in enumerate(("none", "plan")):  # the second run writes the searcher's plan notes too
             out = tmp_path / f"searcher{k}.jsonl"
-            assert generate_expert(env, games, out) == {"kept": 3, "failed": 0, "fallback": 0}
-            runs.append({r["id"]: r["actions"] for r in read_jsonl(out)})
+            assert generate_expert(env, games, out, thoughts) == {"kept": 3, "failed": 0, "fallback": 0}
+            recs.append(read_jsonl(out))
+            runs.append({r["id"]: r["actions"] for r in recs[-1]})
+        first_obs = recs[1][0]["first_observation"]
+        order = search_order(receptacles_in(first_obs), "bowl", counts)
     finally:
         env.close()
     assert runs[0] == runs[1]
+    # plan notes: before each search move, the receptacles left to check (next first, at most 5); none after
+    turns = [c["value"] for c in recs[1][0]["conversations"] if c["from"] == "gpt"]
+    assert [parse_action(t) for t in turns] == runs[1][games[0].id]
+    assert turns[0] == f"Thought: Looking for a bowl. To check: {', '.join(order[:5])}.\nAction: go to {order[0]}"
+    assert turns[5] == f"Thought: Looking for a bowl. To check: {', '.join(order[5:10])}.\nAction: go to {order[5]}"
+    assert all(parse_thought(t) is None for t in turns[7:])  # from the take on, the planner's bare actions
+    assert [c["value"] for c in recs[0][0]["conversations"] if c["from"] == "gpt"][0] == f"Action: go to {order[0]}"
     acts = [runs[0][g.id] for g in games]
     assert [len(a) for a in acts] == [10, 12, 8]
     assert acts[0][:6] == [f"go to shelf {i}" for i in (6, 5, 4, 3, 2, 1)] and acts[0][7].startswith("take bowl")

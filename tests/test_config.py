@@ -35,6 +35,18 @@ def test_wrong_types_are_named(tmp_path):
             load_config(p)
 
 
+def test_plan_notes_need_the_alfworld_searcher(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("expert:\n  thoughts: plan\n")  # the default env is ScienceWorld: its expert keeps no plan
+    with pytest.raises(ConfigError, match=r"expert\.thoughts"):
+        load_config(p)
+    p.write_text("env:\n  name: alfworld\n  alfworld_expert: planner\nexpert:\n  thoughts: plan\n")
+    with pytest.raises(ConfigError, match=r"expert\.thoughts"):
+        load_config(p)
+    p.write_text("env:\n  name: alfworld\n  alfworld_expert: searcher\nexpert:\n  thoughts: plan\n")
+    assert load_config(p).expert.thoughts == "plan"
+
+
 def test_int_accepted_for_float_and_defaults_fill_in(tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text("bc:\n  learning_rate: 1\n")

@@ -16,6 +16,21 @@ def test_template_thoughts_are_short_and_parse_back():
         assert prompts.parse_action(turn) == a and 0 < len(t) < 80
 
 
+def test_plan_notes_carry_the_search_state():
+    """Each search move's note lists the receptacles left to check, next first (at most 5); the next note is
+    the same list without its head; opens, the take and the planner's actions get no note."""
+    from qlass_lib.envs.alfworld_searcher import plan_notes
+    obs = "You are in the middle of a room. Looking quickly around you, you see a " + \
+        ", a ".join(f"drawer {i}" for i in range(7, 0, -1)) + ", and a desk 1."
+    acts = ["go to desk 1", "go to drawer 7", "open drawer 7", "go to drawer 6", "take pen 1 from drawer 6",
+            "go to desk 1", "put pen 1 in/on desk 1"]
+    notes = plan_notes(obs, acts, "pen", {"pen": {"desk": 3, "drawer": 1}})
+    assert notes == ["Looking for a pen. To check: desk 1, drawer 7, drawer 6, drawer 5, drawer 4.",
+                     "Looking for a pen. To check: drawer 7, drawer 6, drawer 5, drawer 4, drawer 3.", None,
+                     "Looking for a pen. To check: drawer 6, drawer 5, drawer 4, drawer 3, drawer 2.",
+                     None, None, None]
+
+
 def test_generated_expert_replays_to_full_score(sciworld, tmp_path):
     tasks = sciworld.tasks("train")[:2] + [t for t in sciworld.tasks("train") if "find" in t.task_type][:2]
     out = tmp_path / "expert.jsonl"

@@ -166,6 +166,14 @@ class ALFWorldEnv(TextEnv):
                 break
         return acts
 
+    def plan_notes(self, task: TaskRef, first_observation: str, actions: list[str]) -> list[str | None]:
+        """The searcher's plan note per action (``expert.thoughts: plan``; see
+        :func:`.alfworld_searcher.plan_notes`)."""
+        if self.expert != "searcher":
+            return super().plan_notes(task, first_observation, actions)
+        from .alfworld_searcher import plan_notes, target_of
+        return plan_notes(first_observation, actions, target_of(self._trial(task)), self.location_counts())
+
     def close(self) -> None:
         if self._env is not None:
             self._env.close()

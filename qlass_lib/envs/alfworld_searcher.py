@@ -55,6 +55,33 @@ def search_order(receptacles: list[str], target: str, counts: dict[str, dict[str
     return [r for _, r in sorted(enumerate(receptacles), key=lambda ir: (-prior.get(kind(ir[1]), 0), ir[0]))]
 
 
+#: receptacles a plan note shows (next first); the rest of the order is the policy's to recall from the table
+PLAN_SHOWN = 5
+
+
+def plan_notes(first_observation: str, actions: list[str], target: str, counts: dict,
+               shown: int = PLAN_SHOWN) -> list[str | None]:
+    """A note for each of the searcher's ``actions``: before each search move, the goal object and the
+    receptacles left to check in the search order (the next one first, at most ``shown``); ``None`` on the
+    other actions.
+
+    Written as the agent's thought, the note carries the search's state from turn to turn: the next note is
+    this one without its head (plus one more receptacle), so a policy copies it instead of working out from
+    the history which receptacles it has already visited."""
+    order = search_order(receptacles_in(first_observation), target, counts)
+    notes: list[str | None] = []
+    k, searching = 0, True
+    for a in actions:
+        if searching and k < len(order) and a == f"go to {order[k]}":
+            notes.append(f"Looking for a {target}. To check: {', '.join(order[k:k + shown])}.")
+            k += 1
+            continue
+        if not a.startswith(("go to ", "open ")):
+            searching = False  # the take (or anything else) ends the search
+        notes.append(None)
+    return notes
+
+
 def target_of(trial: Path) -> str:
     """The goal object's type, lower case as the game writes it (e.g. 'alarmclock')."""
     return json.loads((trial / "traj_data.json").read_text())["pddl_params"]["object_target"].lower()

@@ -108,6 +108,12 @@ class TextEnv(abc.ABC):
         has no such analysis (WebShop has one: :mod:`.webshop_failures`)."""
         return None
 
+    def plan_notes(self, task: TaskRef, first_observation: str, actions: list[str]) -> list[str | None]:
+        """The expert's own note (a thought) for each of its gold ``actions`` (``expert.thoughts: plan``);
+        only experts that keep a plan have one (ALFWorld's searcher)."""
+        raise EnvError(f"expert.thoughts 'plan': the {self.name} expert keeps no plan to write down "
+                       f"(only ALFWorld's searcher does); use 'none' or 'template'")
+
     def close(self) -> None:
         pass
 
