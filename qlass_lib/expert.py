@@ -103,9 +103,9 @@ def _record(env: TextEnv, task: TaskRef, actions: list[str], thoughts: str, exam
     first = env.reset(task)
     state = prompts.initial_state(env.name, first.task_text, first.observation, example)
     score, used = 0.0, []
-    notes = env.plan_notes(task, first.observation, list(actions)) if thoughts == "plan" else None
-    for i, a in enumerate(actions):
-        text = prompts.agent_turn(a, template_thought(a) if thoughts == "template" else notes[i] if notes else None)
+    notes = env.plan_notes(task, first.observation, list(actions)) if thoughts == "plan" else [None] * len(actions)
+    for a, note in zip(actions, notes):
+        text = prompts.agent_turn(a, template_thought(a) if thoughts == "template" else note)
         step = env.step(a)
         state = prompts.extend(state, text, step.observation)
         used.append(a)
