@@ -223,3 +223,27 @@ def test_recovery_commands_do_nothing_in_the_real_game(alf, planner_run):
     finally:
         alf.max_turns = 40
     assert all(tried), tried  # every kind was tried
+
+
+def test_failure_steps_of_hand_made_episodes():
+    """Each episode lands on the first step of the searcher's way it missed; the counts of "Nothing happens.",
+    `go to` where the agent stands and `go to` a receptacle the room lacks follow the recorded turns."""
+    from qlass_lib.envs.alfworld_failures import classify
+    room = "You are in the middle of a room. Looking quickly around you, you see a desk 1, a shelf 1, and a bed 1."
+
+    def turn(action, obs):
+        return {"action": action, "observation": obs}
+    to_desk = turn("go to desk 1", "You arrive at loc 3. On the desk 1, you see a pen 1, and a mug 2.")
+    take_pen = turn("take pen 1 from desk 1", "You pick up the pen 1 from the desk 1.")
+    take_mug = turn("take mug 2 from desk 1", "You pick up the mug 2 from the desk 1.")
+    nothing = [turn("go to desk 1", "Nothing happens."), turn("go to sofa 1", "Nothing happens.")]
+    assert classify("mug", room, [to_desk, take_mug], True)["failed_at"] == "won"
+    row = classify("mug", room, [to_desk, take_pen, take_mug] + nothing, False)
+    assert (row["failed_at"], row["first_seen_turn"], row["took_goal_turn"]) == ("took it, did not finish", 0, 2)
+    assert (row["other_object_takes"], row["goto_where_it_stands"], row["goto_missing_receptacle"]) == (1, 1, 1)
+    assert row["nothing_happens_share"] == 2 / 5
+    assert classify("mug", room, [to_desk, take_pen], False)["failed_at"] == "seen, took another object"
+    assert classify("mug", room, [to_desk] + nothing, False)["failed_at"] == "seen, took nothing"
+    row = classify("cd", room, [to_desk, take_pen], False)
+    assert (row["failed_at"], row["first_seen_turn"], row["took_goal_turn"]) == ("goal object never seen", None, None)
+    assert classify("mug", room, [], False)["nothing_happens_share"] == 0.0

@@ -1,4 +1,5 @@
 """Smoke run of the notebook series through the runner with params/smoke.yaml; asserts on artifacts."""
+import csv
 import json
 import subprocess
 import sys
@@ -95,7 +96,6 @@ def test_stage04_05_artifacts(smoke_run):
         assert (q / "value_head.safetensors").is_file() and (q / "model.safetensors").is_file()
         m = json.loads((q / "metrics.json").read_text())
         assert m["target"] == target and m["examples"] > 0 and m["mse"] >= 0
-    import csv
     rows = {r["method"]: r for r in csv.DictReader((d5 / "results.csv").open())}
     assert set(rows) == {"greedy", "BoN", "BoN-aug", "QLASS-M2", "QLASS-aug-M2"}
     for name, r in rows.items():
@@ -126,7 +126,6 @@ def test_stage04_05_artifacts(smoke_run):
 
 @pytest.mark.smoke
 def test_stage06_self_training_artifacts(smoke_run):
-    import csv
     d, d1 = RUN / "06_self_training", RUN / "01_behavior_cloning"
     assert json.loads((d / "manifest.json").read_text())["status"] == "complete"
     assert (RUN / "06_self_training.ipynb").is_file() and (d / "self_training.png").stat().st_size > 1000
@@ -172,7 +171,6 @@ def _series(params: str, run_id: str, data_dir: Path) -> tuple[list[dict], set[s
     for stage in ["01_behavior_cloning", "02_tree_construction", "03_q_values", "04_qnet_training", "05_guided_search"]:
         assert json.loads((run / stage / "manifest.json").read_text())["status"] == "complete"
     experts = [json.loads(l) for l in (run / "01_behavior_cloning" / "expert.jsonl").read_text().splitlines()]
-    import csv
     rows = {r["method"] for r in csv.DictReader((run / "05_guided_search" / "results.csv").open())}
     return experts, rows
 
@@ -236,3 +234,10 @@ def test_alfworld_series_runs_through_the_runner():
     experts, rows = _series("params/alfworld-smoke.yaml", "pytest-alfworld-smoke", ALF_DATA)
     assert experts and all(e["reward"] == 1.0 for e in experts)
     assert {"greedy", "BoN", "QLASS-M2"} <= rows
+    stage = ROOT / "runs" / "pytest-alfworld-smoke" / "01_behavior_cloning"
+    episodes = (stage / "eval_episodes.jsonl").read_text().splitlines()
+    failures = list(csv.DictReader((stage / "bc_failures.csv").open()))
+    from qlass_lib.envs.alfworld_failures import STEPS
+    assert failures[-1]["task_type"] == "all" and sum(int(failures[-1][s]) for s in STEPS) == len(episodes)
+    wins = sum(json.loads(e)["success"] for e in episodes)
+    assert int(failures[-1]["won"]) == wins

@@ -174,6 +174,11 @@ class ALFWorldEnv(TextEnv):
         from .alfworld_searcher import plan_notes, target_of
         return plan_notes(first_observation, actions, target_of(self._trial(task)), self.location_counts())
 
+    def failure_analysis(self, episodes: list[dict]):
+        """Where episodes left the searcher's way (:mod:`.alfworld_failures`)."""
+        from .alfworld_failures import failure_table
+        return failure_table(self, episodes)
+
     def close(self) -> None:
         if self._env is not None:
             self._env.close()

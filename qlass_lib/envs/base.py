@@ -105,7 +105,8 @@ class TextEnv(abc.ABC):
 
     def failure_analysis(self, episodes: list[dict]):
         """Where episodes left the expert's way, as (per-episode rows, count table); None where an environment
-        has no such analysis (WebShop has one: :mod:`.webshop_failures`)."""
+        has no such analysis (WebShop and ALFWorld have one: :mod:`.webshop_failures`,
+        :mod:`.alfworld_failures`)."""
         return None
 
     def plan_notes(self, task: TaskRef, first_observation: str, actions: list[str]) -> list[str | None]:

@@ -3,7 +3,7 @@ greedy evaluation of the cloned policy on held-out tasks.
 
 Artifacts (``runs/<id>/01_behavior_cloning/``): ``expert.jsonl``, ``expert_stats.json``, ``prompt_example.json``,
 ``policy/``, ``bc_result.json``, ``bc_loss.png``, ``eval_episodes.jsonl``, ``bc_eval.csv``, ``bc_eval.png``,
-``bc_metrics.json``, and where the environment has a failure analysis (WebShop) ``bc_failures.csv`` (episodes
+``bc_metrics.json``, and where the environment has a failure analysis (WebShop, ALFWorld) ``bc_failures.csv`` (episodes
 per expert-script step missed) with ``bc_failure_episodes.csv``.
 """
 from __future__ import annotations
