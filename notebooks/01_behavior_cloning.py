@@ -65,7 +65,7 @@ Image(res.figures["loss"])
 
 # %%
 display(res.table.round(2))
-if res.failures is not None:  # WebShop: episodes per expert-script step missed (search, product, options, buy)
+if res.failures is not None:  # WebShop, ALFWorld: held-out episodes per step of the expert's way they missed
     display(res.failures.round(2))
 Image(res.figures["eval"])
 
