@@ -177,7 +177,8 @@ class ALFWorldEnv(TextEnv):
     def failure_analysis(self, episodes: list[dict]):
         """Where episodes left the searcher's way (:mod:`.alfworld_failures`)."""
         from .alfworld_failures import failure_table
-        return failure_table(self, episodes)
+        from .alfworld_searcher import target_of
+        return failure_table(episodes, lambda task: target_of(self._trial(task)))
 
     def close(self) -> None:
         if self._env is not None:

@@ -18,11 +18,14 @@ happens.", ``go to`` the receptacle the agent already stands at, ``go to`` a rec
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import pandas as pd
 
 from ..recovery import NOTHING
 from .alfworld_searcher import kind, receptacles_in
+from .base import TaskRef
+from .failures import step_counts
 
 STEPS = ("goal object never seen", "seen, took another object", "seen, took nothing", "took it, did not finish",
          "won")
@@ -68,22 +71,13 @@ def classify(target: str, first_observation: str, turns: list[dict], won: bool) 
             "goto_where_it_stands": goto_here, "goto_missing_receptacle": goto_missing, "turns": len(turns)}
 
 
-def failure_table(env, episodes: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def failure_table(episodes: list[dict], target_of: Callable[[TaskRef], str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-episode rows and a count table (episodes per step missed, per task type and in all, with the mean
-    share of "Nothing happens." turns)."""
-    from .alfworld_searcher import target_of
-    from .base import TaskRef
+    share of "Nothing happens." turns); ``target_of`` gives a task's goal object type."""
     rows = []
     for ep in episodes:
         task = TaskRef(ep["task_type"], ep["variation"])
-        target = target_of(env._trial(task))
         rows.append({"task": task.id, "task_type": task.task_type, "reward": ep["reward"],
-                     **classify(target, ep.get("first_observation", ""), ep["turns"], bool(ep["success"]))})
+                     **classify(target_of(task), ep["first_observation"], ep["turns"], bool(ep["success"]))})
     per = pd.DataFrame(rows)
-    if per.empty:
-        return per, pd.DataFrame(columns=["task_type", *STEPS])
-    counts = pd.crosstab(per.task_type, per.failed_at).reindex(columns=list(STEPS), fill_value=0)
-    counts.loc["all"] = counts.sum()
-    counts["nothing_happens_share"] = list(per.groupby("task_type").nothing_happens_share.mean()) + [
-        per.nothing_happens_share.mean()]
-    return per, counts.reset_index()
+    return per, step_counts(per, STEPS, "nothing_happens_share", "nothing_happens_share")

@@ -22,6 +22,7 @@ import pandas as pd
 
 from ..prompts import NO_ACTION_OBSERVATION
 from .base import TaskRef
+from .failures import step_counts
 from .webshop import WebShopEnv
 
 STEPS = ("no search", "bad search", "no product opened", "wrong product", "wrong options", "no Buy Now",
@@ -87,10 +88,4 @@ def failure_table(env: WebShopEnv, episodes: list[dict]) -> tuple[pd.DataFrame, 
         task = TaskRef(ep["task_type"], ep["variation"])
         rows.append({**classify(env, task, [t["action"] for t in ep["turns"]]), "reward": ep["reward"]})
     per = pd.DataFrame(rows)
-    if per.empty:
-        return per, pd.DataFrame(columns=["task_type", *STEPS])
-    counts = pd.crosstab(per.task_type, per.failed_at).reindex(columns=list(STEPS), fill_value=0)
-    counts.loc["all"] = counts.sum()
-    counts["mean_invalid_id_clicks"] = list(per.groupby("task_type").invalid_id_clicks.mean()) + [
-        per.invalid_id_clicks.mean()]
-    return per, counts.reset_index()
+    return per, step_counts(per, STEPS, "invalid_id_clicks", "mean_invalid_id_clicks")
