@@ -255,12 +255,14 @@ def fit_policy(cfg, records: list[dict], base: str, out_dir, extra_train: list[d
     train_recs, val_recs = split_by_task(records, cfg.bc.val_fraction, cfg.seed)
     from .recovery import add_recovery_copies
     recovery = add_recovery_copies(train_recs, cfg.env.name, cfg.bc.recovery_copies, cfg.bc.recovery_rate, cfg.seed)
-    train_recs = train_recs + recovery + list(extra_train or [])
+    from .object_swap import add_object_swaps
+    swaps = add_object_swaps(train_recs, cfg.env.name, cfg.bc.object_swap_copies, cfg.seed)
+    train_recs = train_recs + recovery + swaps + list(extra_train or [])
     train_ex = build_examples(tok, train_recs, cfg.bc.max_length)
     val_ex = build_examples(tok, val_recs, cfg.bc.max_length)
     seed = cfg.seed if train_seed is None else train_seed
     result = train_bc(model, tok, train_ex, val_ex, cfg.bc, cfg.model, out_dir, seed)
-    result.update(recovery_copies=len(recovery), recovery_turns=sum(r["recovery_turns"] for r in recovery),
+    result.update(recovery_copies=len(recovery), object_swap_copies=len(swaps), recovery_turns=sum(r["recovery_turns"] for r in recovery),
                   train_seed=seed, train_examples=len(train_ex), val_examples=len(val_ex), train_tasks=len(train_recs),
                   val_tasks=len(val_recs), base_model=base,
                   supervised_tokens_per_epoch=sum(sum(1 for x in e.labels if x != IGNORE) for e in train_ex))

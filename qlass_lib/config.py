@@ -58,6 +58,7 @@ class EnvConfig:
     split_dir: Optional[str] = doc(None, "directory with ETO split files (train/dev/test_indices.json); None = the package's own splits")
     data_dir: Optional[str] = doc(None, "WebShop: folder with the 1k-product catalog; ALFWorld: folder in the ALFWORLD_DATA layout")
     cache_dir: Optional[str] = doc(None, "ALFWorld: where the train split is unpacked (default ~/.cache/qlass/alfworld)")
+    alfworld_order: Literal["sorted", "by_object"] = doc("sorted", "ALFWorld: order of a type's games for the first-N selections (train_per_type, eval_per_type, trees): sorted game folders, which group a type's games by goal object, or round-robin over goal objects (sorted's first 350 pick_and_place_simple training games hold none of valid_unseen's 7 goal objects, yet on dev by_object's policy won 1 and 0 of 28 against 5: README, ALFWorld)")
     alfworld_expert: Literal["planner", "searcher", "handcoded"] = doc("planner", "ALFWorld: expert for the BC data (planner: PDDL planner, deterministic, sees where objects are; searcher: visits likely receptacles until it sees the goal object, then the planner, deterministic; handcoded: explores, varies between runs)")
     server_url: Optional[str] = doc(None, "WebShop: URL of a running official server to use instead of the local catalog")
     options_per_product: int = doc(2, "WebShop: synthetic goals per product (option combinations)", ge=1)
@@ -129,6 +130,7 @@ class BCConfig:
     expert_fraction: float = doc(1.0, "share of the expert trajectories BC trains on (the first of each task type; fewer-annotations experiment); trees and QNet keep the same task pool", gt=0, le=1)
     recovery_copies: int = doc(0, "recovery copies of each training trajectory: invalid commands inserted without loss, so the policy learns to go on after one (ALFWorld)", ge=0)
     recovery_rate: float = doc(0.3, "chance, per agent turn of a recovery copy, that an invalid command is inserted before it", ge=0, le=1)
+    object_swap_copies: int = doc(0, "object-swap copies of each training trajectory: the goal object type renamed to another goal type the episode never mentions, in task, observations and actions, so the policy must take the object the task names (ALFWorld; dev: 1 of 28 wins with one copy and without, README)", ge=0)
     warmup_steps: int = doc(20, "linear warm-up steps", ge=0)
     eval_every: int = doc(50, "optimizer steps between validation-loss checks", ge=1)
     save_every: int = doc(100, "optimizer steps between resumable checkpoints", ge=1)
@@ -352,6 +354,10 @@ def cross_check(cfg: RunConfig) -> None:
                           "env.alfworld_expert: searcher)")
     if cfg.bc.recovery_copies and cfg.env.name != "alfworld":
         raise ConfigError(f"bc.recovery_copies: recovery copies are built for alfworld only (env.name is {cfg.env.name!r})")
+    if cfg.env.alfworld_order != "sorted" and cfg.env.name != "alfworld":
+        raise ConfigError(f"env.alfworld_order: game orders are ALFWorld's (env.name is {cfg.env.name!r})")
+    if cfg.bc.object_swap_copies and cfg.env.name != "alfworld":
+        raise ConfigError(f"bc.object_swap_copies: object-swap copies are built for alfworld only (env.name is {cfg.env.name!r})")
     st = cfg.self_training
     bad = [t for t in st.targets if t not in ("q", "avg_reward", "outcome")]
     if bad:

@@ -21,6 +21,34 @@ def test_game_listing_matches_the_paper_counts():
                      "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place"}
 
 
+@pytest.mark.skipif(not DATA.is_dir(), reason="shared ALFWorld data not present")
+def test_first_games_of_a_type_spread_over_goal_objects():
+    """The sorted listing groups a type's games by goal object; ``env.alfworld_order: by_object`` takes them
+    round-robin over objects, so the first N of a type (train_per_type, eval_per_type, trees) cover many objects."""
+    from qlass_lib.envs.alfworld import goal_object_of, spread_by_object
+    games = [(i, g) for i, g in enumerate(game_dirs(DATA, "test")) if task_type_of(g) == "pick_and_place_simple"]
+    order = spread_by_object(games)
+    assert sorted(order) == [i for i, _ in games]  # a permutation: every game once, variations unchanged
+    trial = dict(games)
+    objects = [goal_object_of(trial[i]) for i in order]
+    assert objects[:7] == ["Mug", "Pencil", "PepperShaker", "SaltShaker", "SoapBottle", "Vase", "Watch"]
+    assert len({goal_object_of(g) for _, g in games[:7]}) == 3  # the sorted listing's first 7: three objects
+    assert order[0] == games[0][0]  # the first game of the type stays the first
+    assert spread_by_object([]) == []
+    from qlass_lib.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="env.alfworld_order"):
+        load_config(None, {"env": {"alfworld_order": "by_object"}})
+    try:
+        from qlass_lib.envs.alfworld import ALFWorldEnv
+        env = ALFWorldEnv(str(DATA), ["pick_and_place_simple"], order="by_object")
+    except EnvError:
+        pytest.skip("alfworld/textworld not installed")
+    assert [t.variation for t in env.tasks("test")] == order
+    assert [t.variation for t in ALFWorldEnv(str(DATA), ["pick_and_place_simple"]).tasks("test")] == sorted(order)
+    with pytest.raises(EnvError, match="game order"):
+        ALFWorldEnv(str(DATA), order="random")
+
+
 def test_missing_games_are_one_clear_error(tmp_path):
     with pytest.raises(EnvError, match="ALFWorld games not found"):
         game_dirs(tmp_path, "test")

@@ -4,7 +4,8 @@ The data directory follows the ``ALFWORLD_DATA`` layout: ``json_2.1.1/{train,val
 <task>/<trial>/game.tw-pddl``.  Splits: train; dev = seen = valid_seen; test = unseen = valid_unseen.  When
 only ``json_2.1.1_train.tar.xz`` is present, the train split is unpacked once into a cache folder outside
 the repository (``env.cache_dir``, default ``~/.cache/qlass/alfworld``).  A game is addressed by its task type
-and its index in the sorted list of its split's games; the reward is the game's ``won`` flag.  The expert is
+and its index in the sorted list of its split's games, which groups a type's games by goal object
+(``env.alfworld_order: by_object`` lists them round-robin over objects instead).  The reward is the game's ``won`` flag.  The expert is
 ALFWorld's PDDL planner (``AlfredExpertType.PLANNER``: fast-downward on the game's full state, deterministic),
 the searcher (:mod:`.alfworld_searcher`: visits likely receptacles until it sees the goal object, then the
 planner; deterministic), or ALFWorld's handcoded expert (explores like an agent, but its choices vary between runs of
@@ -61,12 +62,36 @@ def task_type_of(trial: Path) -> str:
     return next((t for t in TASK_TYPES if name.startswith(t)), name.split("-")[0])
 
 
+def goal_object_of(trial: Path) -> str:
+    """The goal object named in a game folder's name (``pick_and_place_simple-Mug-None-Desk-308`` -> ``Mug``)."""
+    parts = trial.parent.name.split("-")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def spread_by_object(games: list[tuple[int, Path]]) -> list[int]:
+    """Indices of ``games`` (sorted (index, trial) pairs of one task type) taken round-robin over their goal
+    objects, objects in sorted order. The sorted list groups a type's games by object (all its alarm clocks, then
+    its books, ...), so its first 350 ``pick_and_place_simple`` training games held 18 of the type's goal objects
+    and none of the 7 in valid_unseen; round-robin, any first N spreads over all objects."""
+    groups: dict[str, list[int]] = {}
+    for i, trial in games:
+        groups.setdefault(goal_object_of(trial), []).append(i)
+    queues = [groups[k] for k in sorted(groups)]
+    out: list[int] = []
+    for r in range(max((len(q) for q in queues), default=0)):
+        out += [q[r] for q in queues if r < len(q)]
+    return out
+
+
 class ALFWorldEnv(TextEnv):
     name = "alfworld"
 
     def __init__(self, data_dir: str | None, task_types: list[str] | None = None, max_turns: int = 40,
-                 cache_dir: str | None = None, expert: str = "planner"):
+                 cache_dir: str | None = None, expert: str = "planner", order: str = "sorted"):
         super().__init__(max_turns)
+        if order not in ("sorted", "by_object"):
+            raise EnvError(f"unknown ALFWorld game order {order!r} (expected 'sorted' or 'by_object')")
+        self.order = order
         if expert not in EXPERTS:
             raise EnvError(f"unknown ALFWorld expert {expert!r} (expected one of {list(EXPERTS)})")
         self.expert = expert
@@ -93,12 +118,17 @@ class ALFWorldEnv(TextEnv):
         return self._games[split]
 
     def tasks(self, split: str) -> list[TaskRef]:
-        out = []
+        """The split's games of the chosen types, type by type: in sorted order, or (``order="by_object"``) each
+        type's games round-robin over their goal objects (:func:`spread_by_object`), so that the first N of a type
+        (``env.train_per_type``, ``eval_per_type``, trees) cover many objects. A game's variation is its index in
+        the sorted list either way."""
+        by_type: dict[str, list[tuple[int, Path]]] = {}
         for i, trial in enumerate(self.games(split)):
             tt = task_type_of(trial)
             if tt in self.types:
-                out.append(TaskRef(f"{tt}@{split}", i))
-        return out
+                by_type.setdefault(tt, []).append((i, trial))
+        order = spread_by_object if self.order == "by_object" else (lambda games: [i for i, _ in games])
+        return [TaskRef(f"{tt}@{split}", i) for tt, games in by_type.items() for i in order(games)]
 
     def _trial(self, task: TaskRef) -> Path:
         tt, _, split = task.task_type.partition("@")
