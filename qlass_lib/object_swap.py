@@ -71,16 +71,9 @@ def add_object_swaps(records: list[dict], env_name: str, copies: int, seed: int)
         return []
     if env_name != "alfworld":
         raise ValueError(f"bc.object_swap_copies is implemented for alfworld only (env.name is {env_name!r})")
-    goals = sorted({g for g in map(goal_type, records) if g})
+    olds = [goal_type(r) for r in records]
+    goals = sorted({g for g in olds if g})
+    # per record once: its goal type and the goal types it never mentions (the copies only draw from them)
+    pools = [(r, old, [g for g in goals if g != old and g not in words(r)]) for r, old in zip(records, olds) if old]
     rng = random.Random(seed)
-    out = []
-    for _ in range(copies):
-        for r in records:
-            old = goal_type(r)
-            if old is None:
-                continue
-            said = words(r)
-            pool = [g for g in goals if g != old and g not in said]
-            if pool:
-                out.append(swap_copy(r, old, rng.choice(pool)))
-    return out
+    return [swap_copy(r, old, rng.choice(pool)) for _ in range(copies) for r, old, pool in pools if pool]
