@@ -53,6 +53,16 @@ Image(res.figures["training"])
 res.calibration.round(3)
 
 # %% [markdown]
+# ## The QNet and the policy together: Q + w·log π on the validation sibling groups
+# Search can execute the argmax of Q + w·log π (`search.prior_weight`): the QNet re-ranks candidates the policy
+# itself likes. Each row is the validation sibling accuracy at one weight w (0: the QNet alone; inf: the
+# policy's log-probability alone). These are held-out *training* trees, so w is chosen here, not on test tasks.
+
+# %%
+print(f"best finite w on the validation trees: {res.best_prior_weight}")
+res.prior_sweep.round(4)
+
+# %% [markdown]
 # ## Process-reward ablation targets
 
 # %%

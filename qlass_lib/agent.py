@@ -23,6 +23,7 @@ class Candidate:
     action: str | None
     tokens: int
     ids: list[int] | None = field(default=None, repr=False)  # the generated token ids (backend parity checks)
+    logprob: float | None = None  # the policy's own (temperature-1) log-probability of the charged tokens
 
 
 @dataclass
@@ -67,8 +68,8 @@ class Policy:
                 input_ids = torch.tensor([ids], device=device)
                 kwargs.update(num_return_sequences=rows)
             kwargs["attention_mask"] = torch.ones_like(input_ids)
-            out = model.generate(input_ids, **kwargs)
-        return [self._candidate(seq, budget) for seq in out[:, input_ids.shape[1]:].tolist()]
+            out = model.generate(input_ids, return_dict_in_generate=True, output_logits=True, **kwargs)
+        return self._candidates(out, input_ids.shape[1], budget)
 
     def _extend(self, new_ids: list[int], cache, start: int):
         """Run the policy on ``new_ids`` after ``start`` cached positions; returns the grown cache."""
@@ -94,14 +95,29 @@ class Policy:
             out = model.generate(ids.to(device), attention_mask=att.to(device), do_sample=True,
                                  temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                  max_new_tokens=sampling.max_new_tokens, eos_token_id=tok.eos_token_id,
-                                 pad_token_id=tok.pad_token_id)
-        return [self._candidate(seq, budget) for seq in out[:, n:].tolist()]
+                                 pad_token_id=tok.pad_token_id, return_dict_in_generate=True, output_logits=True)
+        return self._candidates(out, n, budget)
 
-    def _candidate(self, seq: list[int], budget: Budget | None) -> Candidate:
-        cand = make_candidate(self.tokenizer, seq)
-        if budget is not None:
-            budget.add_generation(cand.tokens)
-        return cand
+    def _candidates(self, out, n_prompt: int, budget: Budget | None) -> list[Candidate]:
+        """The generated rows of ``generate``'s output as candidates, each with the policy's log-probability of
+        its charged tokens from the raw (unwarped) logits."""
+        seqs = out.sequences[:, n_prompt:]
+        logp = token_logprobs(out.logits, seqs)
+        cands = []
+        for row, seq in enumerate(seqs.tolist()):
+            cand = make_candidate(self.tokenizer, seq)
+            cand.logprob = float(logp[row, :cand.tokens].sum())
+            if budget is not None:
+                budget.add_generation(cand.tokens)
+            cands.append(cand)
+        return cands
+
+
+def token_logprobs(logits: tuple, seqs: torch.Tensor) -> torch.Tensor:
+    """log p(token) of each generated token under the model's own distribution (temperature 1, no top-k/p):
+    ``logits`` is ``generate``'s per-step tuple of (rows, vocab) raw scores, ``seqs`` the (rows, steps) tokens."""
+    steps = torch.stack([x.float() for x in logits], 1)[:, :seqs.shape[1]]
+    return torch.log_softmax(steps, -1).gather(2, seqs[:, :steps.shape[1], None].to(steps.device))[..., 0].cpu()
 
 
 def make_candidate(tokenizer, seq: list[int]) -> Candidate:

@@ -194,6 +194,7 @@ class SearchConfig:
     case_study_tasks: int = doc(3, "tasks whose first-step candidates are shown with their Q", ge=0)
     seeds: list[int] = doc([0], "search seeds: every method runs once per seed; differences are paired per task over seeds")
     dedup_candidates: bool = doc(True, "QLASS scores each distinct action once (all generated tokens are still counted)")
+    prior_weight: float = doc(0.0, "> 0 adds QLASS-prior-M<m> for every M: the argmax of Q + prior_weight * log pi(a|s), the policy's own log-probability of the candidate's tokens (plain QLASS, the paper's Q alone, still runs)", ge=0)
     augmented: bool = doc(True, "also run the paraphrase-augmented variants BoN-aug and QLASS-aug")
     ablation_trajectories: int = doc(1, "trajectories per task for the process-reward ablation (QLASS at the largest M)", ge=1)
     ablation_seeds: Optional[list[int]] = doc(None, "seeds of the process-reward ablation (None = search.seeds)")

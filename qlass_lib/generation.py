@@ -89,7 +89,7 @@ class ServerPolicy:
         max_new = sampling.max_new_tokens if sampling is not None else self.greedy_max_new_tokens
         fitted = [prompts.fitted_prompt(self.tokenizer, s, self.max_length, reserve=max_new) for s in states]
         req = dict(model=self.model_name(), prompt=[t for t, _ in fitted] if len(fitted) > 1 else fitted[0][0],
-                   max_tokens=max_new, n=n if sampling is not None else 1)
+                   max_tokens=max_new, n=n if sampling is not None else 1, logprobs=0)
         if sampling is None:
             req.update(temperature=0.0)
         else:
@@ -129,6 +129,13 @@ class ServerPolicy:
         return out
 
     def _candidate(self, choice) -> Candidate:
+        cand = self._cut(choice)
+        lp = getattr(getattr(choice, "logprobs", None), "token_logprobs", None)
+        if lp:  # the sampled tokens' log-probabilities (vLLM: of the raw logits, before temperature and top-k/p)
+            cand.logprob = float(sum(x for x in lp[:cand.tokens] if x is not None))
+        return cand
+
+    def _cut(self, choice) -> Candidate:
         ids = getattr(choice, "token_ids", None) or (choice.model_extra or {}).get("token_ids")
         if ids is not None:  # the server's own tokens: cut and decoded exactly as the in-process policy does
             return make_candidate(self.tokenizer, list(ids))

@@ -3,13 +3,16 @@
 Search draws its candidates from the policy, and greedy decoding follows the policy's preference, so a QNet
 can only help where it ranks sibling actions better than the policy's log-probability of them does.  Stage 04
 reports, next to each QNet's sibling accuracy, the sibling accuracy of that log-probability (the sum over the
-action turn's tokens, the state as the QNet sees it) on the same sibling groups.
+action turn's tokens, the state as the QNet sees it) on the same sibling groups, and how the two combine:
+the validation sibling accuracy of Q + w·log π for a grid of weights w (``search.prior_weight`` is chosen there,
+on held-out training trees, never on the test split).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .artifacts import read_jsonl
@@ -55,3 +58,38 @@ def prior_sibling_metrics(model, tokenizer, data_dir: str | Path, targets: list[
             m = evaluate_qnet(lp, exs) if rows else {"sibling_accuracy": float("nan")}
             out[t][f"{prefix}policy_sibling_accuracy"] = m["sibling_accuracy"]
     return out
+
+
+PRIOR_WEIGHTS = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+
+
+def prior_weight_sweep(model, tokenizer, data_dir: str | Path, q_pred, max_length: int,
+                       weights=PRIOR_WEIGHTS, batch_size: int = 16) -> pd.DataFrame:
+    """Sibling accuracy on the validation trees of Q + w·log π for each w in ``weights``, and of log π alone
+    (``prior_weight`` inf): ``q_pred`` holds the q QNet's predictions, one per ``qnet_val.jsonl`` record."""
+    from .qnet_train import evaluate_qnet, sibling_groups
+    path = Path(data_dir) / "qnet_val.jsonl"
+    rows = list(read_jsonl(path)) if path.is_file() else []
+    if len(q_pred) != len(rows):
+        raise ValueError(f"{len(q_pred)} QNet predictions for the {len(rows)} records of {path}")
+    idx = sorted(i for ids in sibling_groups(rows).values() for i in ids)
+    lp = action_logprobs(model, tokenizer, [rows[i] for i in idx], max_length, batch_size) if idx else np.empty(0)
+    q = np.asarray(q_pred, dtype=float)[idx]
+    exs = [{"task": rows[i]["task"], "parent": rows[i]["parent"], "target": float(rows[i]["targets"]["q"])}
+           for i in idx]
+    out = []
+    for w, score in [*((w, q + w * lp) for w in weights), (float("inf"), lp)]:
+        m = evaluate_qnet(score, exs) if idx else {"sibling_accuracy": float("nan"), "sibling_groups": 0,
+                                                   "sibling_random_baseline": float("nan")}
+        out.append({"prior_weight": w, "val_sibling_accuracy": m["sibling_accuracy"],
+                    "sibling_random_baseline": m["sibling_random_baseline"], "sibling_groups": m["sibling_groups"]})
+    return pd.DataFrame(out)
+
+
+def best_prior_weight(sweep: pd.DataFrame) -> float:
+    """The finite weight with the highest validation sibling accuracy (ties: the smallest; none: 0)."""
+    finite = sweep[np.isfinite(sweep.prior_weight)].dropna(subset=["val_sibling_accuracy"])
+    if finite.empty:
+        return 0.0
+    top = finite.val_sibling_accuracy.max()
+    return float(finite[finite.val_sibling_accuracy >= top - 1e-12].prior_weight.min())

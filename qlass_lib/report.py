@@ -64,6 +64,9 @@ def summarize_run(run_dir: str | Path) -> str:
         out += ["## QNet (held-out trees)", _md(r4["table"], 3)]
         if "calibration" in r4:
             out += ["calibration (q):", _md(r4["calibration"], 3)]
+        if "prior_sweep" in r4:
+            out += ["validation sibling accuracy of Q + w·log π (search.prior_weight is w):",
+                    _md(r4["prior_sweep"], 3)]
     r5 = stage_module("05").load(rd / STAGES["05"])
     if "table" in r5:
         t = r5["table"]

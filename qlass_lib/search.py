@@ -4,6 +4,9 @@
 - Best-of-N: N sampled trajectories;
 - QLASS: at each step sample M candidates together, drop duplicate actions (every generated token is still
   charged), score the distinct ones with the QNet, execute the argmax; N trajectories;
+- QLASS-prior (``search.prior_weight`` > 0): the same, executing the argmax of Q + β·log π(a|s), where log π is
+  the policy's own log-probability of the candidate's tokens (read at generation, no extra pass): the QNet
+  re-ranks what the policy prefers instead of overriding it with a near-tie;
 - -aug variants: the task description is paraphrased to diversify candidates (BoN-aug: trajectory i sees
   paraphrase i; QLASS-aug: candidate j of every step is generated from paraphrase j, scored on the original).
 
@@ -61,8 +64,9 @@ def distinct(cands: list) -> list[int]:
 
 
 def qlass_chooser(policy: Policy, qnet, m: int, sampling, budget: Budget, paraphrases: list[str] | None = None,
-                  original: str | None = None, dedup: bool = True):
-    """Sample ``m`` candidates, score the distinct ones with the QNet on the original state, return the argmax.
+                  original: str | None = None, dedup: bool = True, prior_weight: float = 0.0):
+    """Sample ``m`` candidates, score the distinct ones with the QNet on the original state, return the argmax
+    of Q + ``prior_weight`` · log π (the candidate's own log-probability under the policy).
 
     With one distinct candidate there is nothing to choose and the QNet is not called (``q`` is None)."""
     def choose(state, turn):
@@ -77,12 +81,23 @@ def qlass_chooser(policy: Policy, qnet, m: int, sampling, budget: Budget, paraph
             return pool[0], {"q": None, "distinct": 1, "candidates": [{"action": c.action, "text": c.text, "q": None}
                                                                        for c in cands]}
         values = qnet.score(state, [c.text for c in pool], budget)
-        best = int(np.argmax(values))
+        best = int(np.argmax(guided_scores(values, pool, prior_weight)))
         qs = dict(zip(keep, values))
         return pool[best], {"q": values[best], "distinct": len(pool),
-                            "candidates": [{"action": c.action, "text": c.text, "q": qs.get(i)}
+                            "candidates": [{"action": c.action, "text": c.text, "q": qs.get(i), "logprob": c.logprob}
                                            for i, c in enumerate(cands)]}
     return choose
+
+
+def guided_scores(values: list[float], pool: list, prior_weight: float) -> np.ndarray:
+    """What QLASS maximizes: the QNet's values, plus ``prior_weight`` times each candidate's log-probability."""
+    q = np.asarray(values, dtype=float)
+    if prior_weight == 0:
+        return q
+    if any(c.logprob is None for c in pool):
+        raise RuntimeError("search.prior_weight > 0 needs each candidate's log-probability, and the generation "
+                           "backend returned none (an OpenAI-compatible server must honour `logprobs`)")
+    return q + prior_weight * np.array([c.logprob for c in pool])
 
 
 def episode_key(r: dict) -> tuple:
@@ -124,8 +139,8 @@ def _episode_job(method: str, make_chooser, seed: int, paraphraser, tag: dict, w
 
 
 def run_suite(executor, tasks: list[TaskRef], search_cfg, out_path: str | Path, paraphraser: Paraphraser) -> list[dict]:
-    """Greedy, Best-of-N, QLASS for every M, and (when ``search.augmented``) BoN-aug and QLASS-aug at the
-    largest M, on ``tasks``, once per seed in ``search.seeds``; QLASS is guided by the workspace's QNet "q".
+    """Greedy, Best-of-N, QLASS for every M (and QLASS-prior when ``search.prior_weight`` > 0), and (when
+    ``search.augmented``) BoN-aug and QLASS-aug at the largest M, on ``tasks``, once per seed in ``search.seeds``; QLASS is guided by the workspace's QNet "q".
     Greedy is deterministic: it runs under the first seed and its episodes are reused for the others."""
     s, N = search_cfg.sampling, search_cfg.n_trajectories
     m_max = max(search_cfg.m_candidates)
@@ -146,6 +161,13 @@ def run_suite(executor, tasks: list[TaskRef], search_cfg, out_path: str | Path, 
             eps += run_method(executor, tasks, f"QLASS-M{m}",
                               lambda ws, b, i, m=m: qlass_chooser(ws.policy, ws.qnets["q"], m, s, b, dedup=dd), N,
                               out_path, m=m, seed=seed)
+        if search_cfg.prior_weight > 0:
+            w = search_cfg.prior_weight
+            for m in search_cfg.m_candidates:
+                eps += run_method(executor, tasks, f"QLASS-prior-M{m}",
+                                  lambda ws, b, i, m=m: qlass_chooser(ws.policy, ws.qnets["q"], m, s, b, dedup=dd,
+                                                                      prior_weight=w),
+                                  N, out_path, m=m, seed=seed, prior_weight=w)
         if search_cfg.augmented:
             eps += run_method(executor, tasks, f"QLASS-aug-M{m_max}",
                               lambda ws, b, i: _aug_chooser(ws.policy, ws.qnets["q"], m_max, s, b, paraphraser, dd),

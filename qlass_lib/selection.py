@@ -155,6 +155,8 @@ def standard_pairs(methods: list[str]) -> list[tuple[str, str, str]]:
         if m.startswith("QLASS") and "aug" not in m:
             out.append(("first", m, "greedy"))
             out += [(sel, m, "BoN") for sel in SELECTIONS]
+            if "-prior-" in m and m.replace("-prior", "") in methods:  # what the policy prior adds to the Q alone
+                out.append(("first", m, m.replace("-prior", "")))
     if "BoN" in methods:
         out.append(("first", "BoN", "greedy"))
     return out

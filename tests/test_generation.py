@@ -19,6 +19,7 @@ class Scripted(BaseHTTPRequestHandler):
     requests: list = []
     text = "Thought: look first.\nAction: look around"
     completion_tokens = None  # what usage reports (None: no usage in the answer)
+    token_logprobs = None  # the sampled tokens' log-probabilities the answer carries (None: no logprobs)
 
     def log_message(self, *a):
         pass
@@ -45,7 +46,9 @@ class Scripted(BaseHTTPRequestHandler):
             cls.fail_first -= 1
             return self._send(503, {"error": {"message": "busy"}}, [("retry-after-ms", "10")])
         n = body.get("n", 1)
-        choices = [{"index": i, "text": cls.text, "finish_reason": "stop", "logprobs": None} for i in range(n)]
+        lp = None if cls.token_logprobs is None else {"tokens": [], "token_logprobs": cls.token_logprobs,
+                                                      "top_logprobs": None, "text_offset": []}
+        choices = [{"index": i, "text": cls.text, "finish_reason": "stop", "logprobs": lp} for i in range(n)]
         usage = None if cls.completion_tokens is None else {"prompt_tokens": 1, "total_tokens": 1,
                                                              "completion_tokens": cls.completion_tokens}
         self._send(200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
@@ -54,7 +57,7 @@ class Scripted(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def scripted():
-    Scripted.fail_first, Scripted.requests, Scripted.completion_tokens = 0, [], None
+    Scripted.fail_first, Scripted.requests, Scripted.completion_tokens, Scripted.token_logprobs = 0, [], None, None
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
@@ -79,6 +82,16 @@ def test_greedy_request_and_local_token_count(tiny_tok, scripted):
     assert req["prompt"] == fitted_prompt(tok, STATE, 256, 48)[0]  # the project's one formatter, as text
     assert req["temperature"] == 0 and req["n"] == 1 and req["max_tokens"] == 48 and req["model"] == "scripted"
     assert "seed" not in req and pol.stats["token_mismatches"] == 0
+    assert req["logprobs"] == 0 and c.logprob is None  # asked for; this server sends none
+
+
+def test_candidate_logprob_sums_the_charged_tokens(tiny_tok, scripted):
+    """The server's per-token log-probabilities are summed over the tokens the candidate is charged for."""
+    tok, _ = tiny_tok
+    n_tok = len(tok(Scripted.text, add_special_tokens=False)["input_ids"]) + 1
+    Scripted.token_logprobs = [-0.5] * n_tok + [-9.0, None]  # tokens past the charged ones do not count
+    (c,) = _policy(tok, scripted).propose(STATE, 1, None)
+    assert c.tokens == n_tok and c.logprob == pytest.approx(-0.5 * n_tok)
 
 
 def test_sampling_sends_n_and_a_seed_from_torch(tiny_tok, scripted):

@@ -215,3 +215,34 @@ def test_greedy_runs_once_and_its_episodes_are_reused_for_the_other_seeds(tmp_pa
     # every executed action belongs to an episode that was run; the reused greedy episodes executed nothing
     assert n_env == sum(len(e["turns"]) for e in eps if "reused_from_seed" not in e)
     assert sum(len(e["turns"]) for e in greedy if "reused_from_seed" in e) > 0
+
+
+class LogprobPolicy(FixedPolicy):
+    """FixedPolicy whose candidates carry log-probabilities (the first action is the policy's favourite)."""
+
+    def propose(self, state, n, sampling, budget=None):
+        out = super().propose(state, n, sampling, budget)
+        for k, c in enumerate(out):
+            c.logprob = -1.0 - 2.0 * (k % len(self.turns))
+        return out
+
+
+def test_prior_weight_lets_the_policy_overrule_a_close_q():
+    """Q prefers "go blue" by 1.0; each candidate's log-probability gap to the favourite "go red" is 2 nats:
+    w = 0 follows Q, w = 0.4 still does (0.4 * 2 < 1.0), w = 1 follows the policy; the logs keep both numbers."""
+    from qlass_lib.agent import run_episode
+    picked = {}
+    for w in (0.0, 0.4, 1.0):
+        env = SpyEnv(max_turns=1)
+        ch = search.qlass_chooser(LogprobPolicy(["go red", "go blue"]), PrefersQNet("go blue"), 2, SamplingConfig(),
+                                  Budget(), prior_weight=w)
+        ep = run_episode(env, env.tasks("train")[0], ch)
+        picked[w] = env.executed
+        assert [c["logprob"] for c in ep.turns[0]["candidates"]] == [-1.0, -3.0]
+    assert picked == {0.0: ["go blue"], 0.4: ["go blue"], 1.0: ["go red"]}
+    assert list(search.guided_scores([0.0, 1.0], LogprobPolicy(["a", "b"]).propose(None, 2, None, Budget()), 1.0)) \
+        == [-1.0, -2.0]
+    with pytest.raises(RuntimeError, match="log-probability"):
+        search.guided_scores([0.0, 1.0], FixedPolicy(["a", "b"]).propose(None, 2, None, Budget()), 0.5)
+    pairs = selection.standard_pairs(["greedy", "BoN", "QLASS-M2", "QLASS-prior-M2"])
+    assert ("first", "QLASS-prior-M2", "QLASS-M2") in pairs and ("qnet", "QLASS-prior-M2", "BoN") in pairs

@@ -38,7 +38,7 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-def _greedy_episodes(cfg, policy, tasks):
+def _greedy_episodes(cfg, policy, tasks, logprobs: list):
     from qlass_lib.agent import run_episode
     from qlass_lib.envs import make_env
     env = make_env(cfg.env)
@@ -53,6 +53,7 @@ def _greedy_episodes(cfg, policy, tasks):
                 return c, {}
             ep = run_episode(env, t, choose)
             out.append((ep.reward, [(c.text, c.tokens, c.ids) for c in turns]))
+            logprobs.extend(c.logprob for c in turns)
         return out
     finally:
         env.close()
@@ -67,10 +68,13 @@ def test_greedy_through_vllm_equals_hf_token_for_token(server):
     env.close()
     hf = make_policy(cfg, POLICY, backend="hf")
     served = make_policy(cfg, POLICY)
-    a = _greedy_episodes(cfg, hf, tasks)
-    b = _greedy_episodes(cfg, served, tasks)
+    lp_hf, lp_served = [], []
+    a = _greedy_episodes(cfg, hf, tasks, lp_hf)
+    b = _greedy_episodes(cfg, served, tasks, lp_served)
     assert len(a) == len(tasks) == 2 and sum(len(t) for _, t in a) >= 4
     assert a == b  # same rewards, same turns, same generated token ids (the end-of-sequence token included)
+    # the candidates' own log-probabilities (QLASS-prior's log pi): vLLM's raw logprobs against hf's raw logits
+    assert None not in lp_served and lp_served == pytest.approx(lp_hf, abs=0.05)
     st = served.stats
     assert st["prompt_mismatches"] == 0 and st["token_mismatches"] == 0  # the server saw the formatter's exact ids
     assert st["completion_tokens"] == sum(n for _, t in b for _, n, _ in t)

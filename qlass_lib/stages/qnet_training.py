@@ -5,7 +5,8 @@ sibling accuracy stands the BC policy's own (its log-probability of each sibling
 search samples from that policy, so a QNet that does not rank siblings better than it cannot help.
 
 Artifacts (``runs/<id>/04_qnet_training/``): ``qnet_q/`` (+ ``qnet_<target>/``), ``qnet_metrics.csv``,
-``qnet_metrics.json``, ``calibration.csv``, ``qnet_training.png``.
+``qnet_metrics.json``, ``calibration.csv``, ``prior_sweep.csv`` (validation sibling accuracy of Q + w·log π:
+where ``search.prior_weight`` is chosen), ``qnet_training.png``.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class QNetResult:
     calibration: pd.DataFrame     # calibration.csv
     table: pd.DataFrame           # qnet_metrics.csv: one row per target (q first, then the ablation targets)
     train_seconds: float
+    prior_sweep: pd.DataFrame = None  # prior_sweep.csv: Q + w·log π on the validation sibling groups, per w
+    best_prior_weight: float = 0.0
     figures: dict = field(default_factory=dict)
 
 
@@ -55,6 +58,7 @@ def _figure(history: pd.DataFrame, targets: list[float], pred: np.ndarray, path:
 def run(ctx) -> QNetResult:
     from ..artifacts import write_json
     from ..context import STAGES
+    from ..prior import best_prior_weight
     from ..qnet_train import calibration_table, fit_qnet
     cfg, out = ctx.cfg, ctx.stage_dir("04")
     data_dir = ctx.run_dir / STAGES["03"]
@@ -67,28 +71,38 @@ def run(ctx) -> QNetResult:
     rows = [metrics]
     for target in cfg.qnet.ablation_targets:
         rows.append(fit_qnet(cfg, policy_dir, data_dir, out / f"qnet_{target}", target)[2])
-    prior = _policy_prior(cfg, policy_dir, data_dir, [r["target"] for r in rows])
+    prior, sweep = _policy_prior(cfg, policy_dir, data_dir, [r["target"] for r in rows], pred)
+    sweep.to_csv(out / "prior_sweep.csv", index=False)
+    best_w = best_prior_weight(sweep)
     rows = [{**r, **prior[r["target"]]} for r in rows]
     metrics = rows[0]
     table = pd.DataFrame(rows)
     table.to_csv(out / "qnet_metrics.csv", index=False)
-    write_json(out / "qnet_metrics.json", {"schema_version": 1, "qnets": rows, "train_seconds": result["train_seconds"]})
-    return QNetResult(out, metrics, history, cal, table, result["train_seconds"], figures)
+    write_json(out / "qnet_metrics.json", {"schema_version": 2, "qnets": rows, "train_seconds": result["train_seconds"],
+                                           "best_prior_weight": best_w, "prior_sweep": sweep.to_dict("records")})
+    return QNetResult(out, metrics, history, cal, table, result["train_seconds"], sweep, best_w, figures)
 
 
-def _policy_prior(cfg, policy_dir: Path, data_dir: Path, targets: list[str]) -> dict[str, dict]:
+def _policy_prior(cfg, policy_dir: Path, data_dir: Path, targets: list[str], q_pred) -> tuple[dict[str, dict], pd.DataFrame]:
     """The BC policy's own log-probability as a sibling ranker, per target (``policy_sibling_accuracy`` on the
-    validation trees, ``train_policy_sibling_accuracy`` on the training trees): the reference a QNet must beat."""
+    validation trees, ``train_policy_sibling_accuracy`` on the training trees): the reference a QNet must beat;
+    and the sweep of Q + w·log π on the validation trees (``q_pred``: the q QNet's validation predictions)."""
     import gc
 
     from ..models import load_policy
-    from ..prior import prior_sibling_metrics
+    from ..prior import prior_sibling_metrics, prior_weight_sweep
     model, tok = load_policy(policy_dir, cfg.model)
     try:
-        return prior_sibling_metrics(model, tok, data_dir, targets, cfg.qnet.max_length, cfg.qnet.batch_size)
+        return (prior_sibling_metrics(model, tok, data_dir, targets, cfg.qnet.max_length, cfg.qnet.batch_size),
+                prior_weight_sweep(model, tok, data_dir, pred_list(q_pred), cfg.qnet.max_length,
+                                   batch_size=cfg.qnet.batch_size))
     finally:
         del model
         gc.collect()
+
+
+def pred_list(pred) -> list[float]:
+    return [float(x) for x in np.asarray(pred).ravel()]
 
 
 def load(stage_dir: Path) -> dict:
@@ -98,4 +112,6 @@ def load(stage_dir: Path) -> dict:
         out["table"] = pd.read_csv(d / "qnet_metrics.csv")
     if (d / "calibration.csv").is_file():
         out["calibration"] = pd.read_csv(d / "calibration.csv")
+    if (d / "prior_sweep.csv").is_file():
+        out["prior_sweep"] = pd.read_csv(d / "prior_sweep.csv")
     return out
