@@ -97,7 +97,9 @@ def test_stage04_05_artifacts(smoke_run):
         m = json.loads((q / "metrics.json").read_text())
         assert m["target"] == target and m["examples"] > 0 and m["mse"] >= 0
     rows = {r["method"]: r for r in csv.DictReader((d5 / "results.csv").open())}
-    assert set(rows) == {"greedy", "BoN", "BoN-aug", "QLASS-M2", "QLASS-aug-M2"}
+    assert set(rows) == {"greedy", "BoN", "BoN-aug", "QLASS-M2", "QLASS-aug-M2", "QLASS-prior-M2"}
+    sweep = list(csv.DictReader((d4 / "prior_sweep.csv").open()))
+    assert [float(r["prior_weight"]) for r in sweep][-1] == float("inf") and len(sweep) == 9
     for name, r in rows.items():
         assert int(r["tasks"]) == 4 and float(r["gen_tokens_per_task"]) > 0
         oracle = float(r["reward_x100_oracle_bestofN"])
@@ -110,10 +112,19 @@ def test_stage04_05_artifacts(smoke_run):
     for e in qlass:
         assert (e["budget"]["qnet_calls"] > 0) == any(t["distinct"] > 1 for t in e["turns"])
         assert e["budget"]["qnet_calls"] == sum(t["distinct"] > 1 for t in e["turns"])
+    # QLASS-prior executed the argmax of Q + 1.0 * log pi among the distinct candidates it scored
+    prior = [e for e in eps if e["method"] == "QLASS-prior-M2"]
+    assert len(prior) == 4 * 2 and all(e["prior_weight"] == 1.0 for e in prior)
+    for t in (t for e in prior for t in e["turns"]):
+        assert all(c["logprob"] is not None and c["logprob"] < 0 for c in t["candidates"])
+        scored = [c for c in t["candidates"] if c["q"] is not None]
+        if scored:
+            assert t["text"] == max(scored, key=lambda c: c["q"] + c["logprob"])["text"]
     sel = [json.loads(l) for l in (d5 / "selection_values.jsonl").read_text().splitlines()]
     assert len(sel) == len(eps)  # every trajectory has the QNet value of its final action
     comp = list(csv.DictReader((d5 / "comparisons.csv").open()))
-    assert {(c["score"], c["A"], c["B"]) for c in comp} >= {("first", "QLASS-M2", "greedy"), ("qnet", "QLASS-M2", "BoN")}
+    assert {(c["score"], c["A"], c["B"]) for c in comp} >= {("first", "QLASS-M2", "greedy"), ("qnet", "QLASS-M2", "BoN"),
+                                                                  ("first", "QLASS-prior-M2", "QLASS-M2")}
     for c in comp:
         assert float(c["ci_low"]) <= float(c["mean_diff"]) <= float(c["ci_high"]) and int(c["tasks"]) == 4
     assert (d5 / "budget_curves.png").stat().st_size > 1000
