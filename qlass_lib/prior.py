@@ -41,21 +41,33 @@ def action_logprobs(model, tokenizer, rows: list[dict], max_length: int, batch_s
     return out
 
 
+def sibling_logprobs(model, tokenizer, data_dir: str | Path, split: str, max_length: int,
+                     batch_size: int = 16) -> tuple[list[dict], list[int], np.ndarray]:
+    """The records of ``qnet_<split>.jsonl`` (none when it is missing), the indices of those in sibling groups
+    (parents with 2+ children), and the policy's log-probability of each of those, in that order."""
+    from .qnet_train import sibling_groups
+    path = Path(data_dir) / f"qnet_{split}.jsonl"
+    rows = list(read_jsonl(path)) if path.is_file() else []
+    idx = sorted(i for ids in sibling_groups(rows).values() for i in ids)
+    lp = action_logprobs(model, tokenizer, [rows[i] for i in idx], max_length, batch_size) if idx else np.empty(0)
+    return rows, idx, lp
+
+
 def prior_sibling_metrics(model, tokenizer, data_dir: str | Path, targets: list[str], max_length: int,
-                          batch_size: int = 16) -> dict[str, dict]:
+                          batch_size: int = 16, scored: dict | None = None) -> dict[str, dict]:
     """Per target: the policy log-probability's sibling accuracy on the validation trees and, as ``train_*``, on
     the training trees (the same groups as the QNet's ``sibling_accuracy``, so its ``sibling_random_baseline``
-    applies); NaN where no sibling group's targets differ."""
-    from .qnet_train import evaluate_qnet, sibling_groups
+    applies); NaN where no sibling group's targets differ.  ``scored``: :func:`sibling_logprobs` per split, when
+    already computed."""
+    from .qnet_train import evaluate_qnet
     out: dict[str, dict] = {t: {} for t in targets}
     for split, prefix in (("val", ""), ("train", "train_")):
-        path = Path(data_dir) / f"qnet_{split}.jsonl"
-        rows = list(read_jsonl(path)) if path.is_file() else []
-        rows = [rows[i] for i in sorted(i for ids in sibling_groups(rows).values() for i in ids)]  # parents with 2+ children
-        lp = action_logprobs(model, tokenizer, rows, max_length, batch_size) if rows else np.empty(0)
+        rows, idx, lp = (scored or {}).get(split) or sibling_logprobs(model, tokenizer, data_dir, split, max_length,
+                                                                       batch_size)
         for t in targets:
-            exs = [{"task": r["task"], "parent": r["parent"], "target": float(r["targets"][t])} for r in rows]
-            m = evaluate_qnet(lp, exs) if rows else {"sibling_accuracy": float("nan")}
+            exs = [{"task": rows[i]["task"], "parent": rows[i]["parent"], "target": float(rows[i]["targets"][t])}
+                   for i in idx]
+            m = evaluate_qnet(lp, exs) if idx else {"sibling_accuracy": float("nan")}
             out[t][f"{prefix}policy_sibling_accuracy"] = m["sibling_accuracy"]
     return out
 
@@ -64,16 +76,15 @@ PRIOR_WEIGHTS = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
 
 def prior_weight_sweep(model, tokenizer, data_dir: str | Path, q_pred, max_length: int,
-                       weights=PRIOR_WEIGHTS, batch_size: int = 16) -> pd.DataFrame:
+                       weights=PRIOR_WEIGHTS, batch_size: int = 16, scored: tuple | None = None) -> pd.DataFrame:
     """Sibling accuracy on the validation trees of Q + w·log π for each w in ``weights``, and of log π alone
-    (``prior_weight`` inf): ``q_pred`` holds the q QNet's predictions, one per ``qnet_val.jsonl`` record."""
-    from .qnet_train import evaluate_qnet, sibling_groups
-    path = Path(data_dir) / "qnet_val.jsonl"
-    rows = list(read_jsonl(path)) if path.is_file() else []
+    (``prior_weight`` inf): ``q_pred`` holds the q QNet's predictions, one per ``qnet_val.jsonl`` record;
+    ``scored``: :func:`sibling_logprobs` of the validation split, when already computed."""
+    from .qnet_train import evaluate_qnet
+    rows, idx, lp = scored or sibling_logprobs(model, tokenizer, data_dir, "val", max_length, batch_size)
     if len(q_pred) != len(rows):
-        raise ValueError(f"{len(q_pred)} QNet predictions for the {len(rows)} records of {path}")
-    idx = sorted(i for ids in sibling_groups(rows).values() for i in ids)
-    lp = action_logprobs(model, tokenizer, [rows[i] for i in idx], max_length, batch_size) if idx else np.empty(0)
+        raise ValueError(f"{len(q_pred)} QNet predictions for the {len(rows)} records of "
+                         f"{Path(data_dir) / 'qnet_val.jsonl'}")
     q = np.asarray(q_pred, dtype=float)[idx]
     exs = [{"task": rows[i]["task"], "parent": rows[i]["parent"], "target": float(rows[i]["targets"]["q"])}
            for i in idx]

@@ -4,7 +4,7 @@
 - Best-of-N: N sampled trajectories;
 - QLASS: at each step sample M candidates together, drop duplicate actions (every generated token is still
   charged), score the distinct ones with the QNet, execute the argmax; N trajectories;
-- QLASS-prior (``search.prior_weight`` > 0): the same, executing the argmax of Q + β·log π(a|s), where log π is
+- QLASS-prior (``search.prior_weight`` w > 0): the same, executing the argmax of Q + w·log π(a|s), where log π is
   the policy's own log-probability of the candidate's tokens (read at generation, no extra pass): the QNet
   re-ranks what the policy prefers instead of overriding it with a near-tie;
 - -aug variants: the task description is paraphrased to diversify candidates (BoN-aug: trajectory i sees
@@ -140,7 +140,8 @@ def _episode_job(method: str, make_chooser, seed: int, paraphraser, tag: dict, w
 
 def run_suite(executor, tasks: list[TaskRef], search_cfg, out_path: str | Path, paraphraser: Paraphraser) -> list[dict]:
     """Greedy, Best-of-N, QLASS for every M (and QLASS-prior when ``search.prior_weight`` > 0), and (when
-    ``search.augmented``) BoN-aug and QLASS-aug at the largest M, on ``tasks``, once per seed in ``search.seeds``; QLASS is guided by the workspace's QNet "q".
+    ``search.augmented``) BoN-aug and QLASS-aug at the largest M, on ``tasks``, once per seed in
+    ``search.seeds``; QLASS is guided by the workspace's QNet "q".
     Greedy is deterministic: it runs under the first seed and its episodes are reused for the others."""
     s, N = search_cfg.sampling, search_cfg.n_trajectories
     m_max = max(search_cfg.m_candidates)

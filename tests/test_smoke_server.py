@@ -74,6 +74,7 @@ def test_greedy_through_vllm_equals_hf_token_for_token(server):
     assert len(a) == len(tasks) == 2 and sum(len(t) for _, t in a) >= 4
     assert a == b  # same rewards, same turns, same generated token ids (the end-of-sequence token included)
     # the candidates' own log-probabilities (QLASS-prior's log pi): vLLM's raw logprobs against hf's raw logits
+    # (measured here: at most 0.022 apart over 16 turns whose sums reach -10.6)
     assert None not in lp_served and lp_served == pytest.approx(lp_hf, abs=0.05)
     st = served.stats
     assert st["prompt_mismatches"] == 0 and st["token_mismatches"] == 0  # the server saw the formatter's exact ids

@@ -27,7 +27,7 @@ class QNetResult:
     calibration: pd.DataFrame     # calibration.csv
     table: pd.DataFrame           # qnet_metrics.csv: one row per target (q first, then the ablation targets)
     train_seconds: float
-    prior_sweep: pd.DataFrame = None  # prior_sweep.csv: Q + w·log π on the validation sibling groups, per w
+    prior_sweep: pd.DataFrame | None = None  # prior_sweep.csv: Q + w·log π on the validation sibling groups, per w
     best_prior_weight: float = 0.0
     figures: dict = field(default_factory=dict)
 
@@ -83,26 +83,24 @@ def run(ctx) -> QNetResult:
     return QNetResult(out, metrics, history, cal, table, result["train_seconds"], sweep, best_w, figures)
 
 
-def _policy_prior(cfg, policy_dir: Path, data_dir: Path, targets: list[str], q_pred) -> tuple[dict[str, dict], pd.DataFrame]:
+def _policy_prior(cfg, policy_dir: Path, data_dir: Path, targets: list[str],
+                  q_pred) -> tuple[dict[str, dict], pd.DataFrame]:
     """The BC policy's own log-probability as a sibling ranker, per target (``policy_sibling_accuracy`` on the
     validation trees, ``train_policy_sibling_accuracy`` on the training trees): the reference a QNet must beat;
     and the sweep of Q + w·log π on the validation trees (``q_pred``: the q QNet's validation predictions)."""
     import gc
 
     from ..models import load_policy
-    from ..prior import prior_sibling_metrics, prior_weight_sweep
+    from ..prior import prior_sibling_metrics, prior_weight_sweep, sibling_logprobs
     model, tok = load_policy(policy_dir, cfg.model)
-    try:
-        return (prior_sibling_metrics(model, tok, data_dir, targets, cfg.qnet.max_length, cfg.qnet.batch_size),
-                prior_weight_sweep(model, tok, data_dir, pred_list(q_pred), cfg.qnet.max_length,
-                                   batch_size=cfg.qnet.batch_size))
+    try:  # the policy scores each split's sibling records once; both read-outs share them
+        L, B = cfg.qnet.max_length, cfg.qnet.batch_size
+        scored = {split: sibling_logprobs(model, tok, data_dir, split, L, B) for split in ("val", "train")}
+        return (prior_sibling_metrics(model, tok, data_dir, targets, L, B, scored),
+                prior_weight_sweep(model, tok, data_dir, q_pred, L, batch_size=B, scored=scored["val"]))
     finally:
         del model
         gc.collect()
-
-
-def pred_list(pred) -> list[float]:
-    return [float(x) for x in np.asarray(pred).ravel()]
 
 
 def load(stage_dir: Path) -> dict:
