@@ -23,6 +23,7 @@ _EPILOG = """examples:
   python -m qlass_lib run params/default.yaml --set generation.backend=openai --set generation.base_url=URL
   python -m qlass_lib bench-parallel runs/default
   python -m qlass_lib inspect runs/default
+  python -m qlass_lib lookahead runs/default --split dev --per-type 15 --m 2
   python -m qlass_lib annotations params/default.yaml --fractions 1 0.5 0.25"""
 
 
@@ -113,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     ins = sub.add_parser("inspect", help="write runs/<id>/inspector.html: every tree, Q targets, QNet predictions")
     ins.add_argument("run_dir", help="a run with stage 02 done, e.g. runs/default")
     ins.add_argument("--no-qnet", action="store_true", help="leave out the QNet's predictions")
+    la = sub.add_parser("lookahead", help="diagnostic: rankers (sampling, log pi, QNet, lookahead oracle) on the same "
+                        "candidates, and how well each ranks the states search visits")
+    la.add_argument("run_dir", help="a run with stages 01-04 done, e.g. runs/default")
+    la.add_argument("--split", default="dev", help="task split (default dev; the test split is for final tables)")
+    la.add_argument("--per-type", type=int, default=15, help="tasks per task type")
+    la.add_argument("--m", type=int, default=None, help="candidates per step (default: the run's smallest M)")
+    la.add_argument("--seeds", type=int, nargs="+", default=None, help="search seeds (default: the run's first)")
+    la.add_argument("--rankers", nargs="+", default=None, help="subset of: sample policy qnet lookahead")
     an = sub.add_parser("annotations", help="fewer-annotations experiment: the series per share of expert data, one table")
     an.add_argument("params")
     an.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.5, 0.25],
@@ -129,6 +138,18 @@ def main(argv: list[str] | None = None) -> int:
             tab = annotations.write(dirs, out)
             print(tab.round(2).to_string(index=False))
             print(f"wrote {out / 'annotations.csv'}")
+            return 0
+        if args.cmd == "lookahead":
+            from . import lookahead
+            if not (Path(args.run_dir) / "params.json").is_file():
+                raise ConfigError(f"no run at {args.run_dir} (expected a folder written by 'python -m qlass_lib run')")
+            bad = sorted(set(args.rankers or []) - set(lookahead.RANKERS))
+            if bad:
+                raise ConfigError(f"unknown rankers {bad} (choose from {', '.join(lookahead.RANKERS)})")
+            res = lookahead.diagnose(args.run_dir, args.split, args.per_type, args.m, args.seeds,
+                                     tuple(args.rankers or lookahead.RANKERS))
+            print(lookahead.markdown(res))
+            print(f"wrote {res['out']}")
             return 0
         if args.cmd == "inspect":
             from .inspector import write_html

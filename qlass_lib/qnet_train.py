@@ -282,6 +282,18 @@ def informative_examples(exs: list[dict]) -> list[dict]:
     return [exs[i] for i in sorted(keep)]
 
 
+def sibling_hit(pred, target) -> tuple[float, float] | None:
+    """One sibling group's (hit, random baseline): the share of the children tied at the highest prediction that
+    have the best target (tied predictions share the credit, so a constant predictor scores the random
+    baseline), and the share of all children with the best target; None when the targets do not differ."""
+    pred, t = np.asarray(pred, dtype=float), np.asarray(target, dtype=float)
+    if t.max() - t.min() < 1e-9:
+        return None
+    best = set(np.flatnonzero(np.abs(t - t.max()) < 1e-9))
+    top = np.flatnonzero(pred >= pred.max() - 1e-12)
+    return sum(int(i) in best for i in top) / len(top), len(best) / len(t)
+
+
 def evaluate_qnet(pred: np.ndarray, exs: list[dict]) -> dict:
     """MSE, Spearman correlation, and sibling accuracy next to its random baseline.
 
@@ -297,14 +309,9 @@ def evaluate_qnet(pred: np.ndarray, exs: list[dict]) -> dict:
     out["spearman"] = float(spearmanr(pred, tgt).statistic) if len(exs) > 2 and np.std(tgt) > 0 else float("nan")
     hits, base, n = 0.0, 0.0, 0
     for ids in sibling_groups(exs).values():
-        t = tgt[ids]
-        if t.max() - t.min() < 1e-9:
-            continue
-        best = set(np.flatnonzero(np.abs(t - t.max()) < 1e-9))
-        top = np.flatnonzero(pred[ids] >= pred[ids].max() - 1e-12)  # tied predictions share the credit
-        hits += sum(int(i) in best for i in top) / len(top)
-        base += len(best) / len(ids)
-        n += 1
+        h = sibling_hit(pred[ids], tgt[ids])
+        if h is not None:
+            hits, base, n = hits + h[0], base + h[1], n + 1
     out.update(sibling_groups=n, sibling_accuracy=hits / n if n else float("nan"),
                sibling_random_baseline=base / n if n else float("nan"))
     return out

@@ -89,6 +89,13 @@ def summarize_run(run_dir: str | Path) -> str:
             out += ["## Process-reward ablation", _md(r5["ablation"])]
             if "ablation_comparisons" in r5:
                 out += [_md(r5["ablation_comparisons"], 2)]
+    for d in sorted((rd / "lookahead").glob("*/lookahead_results.csv")):
+        d = d.parent
+        out += [f"## Lookahead diagnostic ({d.name}; the `lookahead` ranker reads rewards of unexecuted candidates: "
+                "an oracle, not a method)", _md(pd.read_csv(d / "lookahead_results.csv")),
+                _md(pd.read_csv(d / "lookahead_comparisons.csv"), 2),
+                "top-1 ranking accuracy against lookahead values at the decisive states search visited:",
+                _md(pd.read_csv(d / "lookahead_ranking.csv"), 3)]
     r6 = stage_module("06").load(rd / STAGES["06"])
     if "results" in r6:
         out += ["## Self-training (held-out greedy reward of each fine-tuned policy; bootstrap 95% intervals)",

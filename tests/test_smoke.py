@@ -136,6 +136,33 @@ def test_stage04_05_artifacts(smoke_run):
 
 
 @pytest.mark.smoke
+def test_lookahead_diagnostic_reruns_stage05_qlass(smoke_run):
+    """The diagnostic's `qnet` ranker is stage 05's QLASS-M2 trajectory 0 (same seeded draws, same QNet): it
+    executes the same turns on every task.  Each decisive state's lookahead values come from rollouts in a
+    second environment; the episode's own environment never sees an unchosen candidate."""
+    proc = subprocess.run([sys.executable, "-m", "qlass_lib", "lookahead", str(RUN), "--split", "test",
+                           "--per-type", "1", "--rankers", "qnet", "lookahead"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    d = RUN / "lookahead" / "test-M2"
+    eps = [json.loads(l) for l in (d / "lookahead_episodes.jsonl").read_text().splitlines()]
+    stage5 = {e["task"]: e for e in map(json.loads, (RUN / "05_guided_search" / "search_episodes.jsonl").read_text()
+                                        .splitlines()) if e["method"] == "QLASS-M2" and e["traj"] == 0
+              and e.get("seed", 0) == 0}
+    qnet = {e["task"]: e for e in eps if e["method"] == "qnet"}
+    assert len(qnet) == 2 and set(qnet) <= set(stage5)
+    for task, e in qnet.items():
+        assert [t["text"] for t in e["turns"]] == [t["text"] for t in stage5[task]["turns"]], task
+        assert e["reward"] == stage5[task]["reward"]
+    for t in (t for e in eps if e["method"] != "greedy" for t in e["turns"]):
+        values = [c["lookahead"] for c in t["candidates"]]
+        assert (t["distinct"] > 1) == all(v is not None and 0 <= v <= 1 for v in values)
+    rank = {r["predictor"]: r for r in csv.DictReader((d / "lookahead_ranking.csv").open())}
+    assert set(rank) == {"qnet", "policy (log π)", "random"}
+    assert "| lookahead − qnet |" in proc.stdout
+
+
+@pytest.mark.smoke
 def test_stage06_self_training_artifacts(smoke_run):
     d, d1 = RUN / "06_self_training", RUN / "01_behavior_cloning"
     assert json.loads((d / "manifest.json").read_text())["status"] == "complete"
