@@ -201,8 +201,10 @@ def _guard_params(run_dir: Path, cfg: RunConfig, force: bool, overwrite: str | N
 
 
 def _execution(cfg: RunConfig) -> dict:
-    """How the stage ran (generation backend, executor), for its manifest (keys live in the environment only)."""
-    return {s: dataclasses.asdict(cfg).get(s) for s in EXECUTION_SECTIONS}
+    """How the stage ran (generation backend, executor, the precision this machine computes in), for its manifest
+    (keys live in the environment only)."""
+    from .models import precision
+    return {**{s: dataclasses.asdict(cfg).get(s) for s in EXECUTION_SECTIONS}, "precision": precision(cfg.model)}
 
 
 def _switch(cfg: RunConfig, dotted: str) -> bool:

@@ -28,7 +28,8 @@ def summarize_run(run_dir: str | Path) -> str:
         m = rd / name / "manifest.json"
         if m.is_file():
             man = json.loads(m.read_text())
-            walls.append({"stage": name, "wall_s": man["wall_time_s"]})
+            walls.append({"stage": name, "wall_s": man["wall_time_s"],
+                          "precision": man.get("execution", {}).get("precision", "(not recorded)")})
             guards += [f"{name}/{g}" for g in man.get("wall_clock_guard_hit", [])]
     if walls:
         w = pd.DataFrame(walls)

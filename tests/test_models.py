@@ -75,3 +75,23 @@ def test_char_ids_make_every_asin_character_one_token(tmp_path):
         else:  # plain BPE merges pieces of the ids it was trained on
             assert len(tok.tokenize("B012XYZ012")) < 10
     assert models.id_char_pattern().count("|") == models.ASIN_LENGTH - 1
+
+
+def test_bf16_only_where_the_cpu_runs_it_natively(monkeypatch):
+    """bf16 autocast on a CPU only where oneDNN runs bf16 (AVX-512 and newer): emulated bf16 is several times
+    slower than fp32.  What this machine computes in is recorded as the manifest's precision."""
+    cpu = torch.device("cpu")
+    a = torch.randn(4, 4)
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert models.native_bf16(cpu) == native
+    with models.autocast(ModelConfig(device="cpu"), cpu):
+        assert (a @ a).dtype == (torch.bfloat16 if native else torch.float32)
+    assert models.precision(ModelConfig(device="cpu")) == ("bf16" if native else
+                                                           "fp32 (bf16 asked for; cpu has no native bf16)")
+    assert models.precision(ModelConfig(device="cpu", bf16=False)) == "fp32"
+    for supported in (False, True):
+        monkeypatch.setattr(models, "native_bf16", lambda device, s=supported: s)
+        with models.autocast(ModelConfig(device="cpu"), cpu):
+            assert (a @ a).dtype == (torch.bfloat16 if supported else torch.float32)
+        with models.autocast(ModelConfig(device="cpu", bf16=False), cpu):
+            assert (a @ a).dtype == torch.float32

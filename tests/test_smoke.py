@@ -33,6 +33,9 @@ def test_stage01_artifacts(smoke_run):
     assert all(len(d["sha256"]) == 64 for d in m["artifacts"].values()) and "policy/model.safetensors" in m["artifacts"]
     assert m["wall_clock_guard_hit"] == []
     assert m["versions"]["torch"] and m["versions"]["transformers"] and m["wall_time_s"] > 0
+    from qlass_lib.models import precision
+    from qlass_lib.config import ModelConfig
+    assert m["execution"]["precision"] == precision(ModelConfig()) and m["execution"]["precision"].startswith(("bf16", "fp32"))
     assert (RUN / "01_behavior_cloning.ipynb").is_file()
     metrics = json.loads((d / "bc_metrics.json").read_text())
     rows = {r["task_type"]: r for r in metrics["per_type"]}
