@@ -5,19 +5,7 @@ from qlass_lib import lookahead
 from qlass_lib.agent import Candidate
 from qlass_lib.budget import Budget
 from qlass_lib.config import SamplingConfig
-from qlass_lib.envs.scripted import ScriptedEnv
-
-
-class SpyEnv(ScriptedEnv):
-    """Records every action that reaches the environment."""
-
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.executed = []
-
-    def _step(self, action):
-        self.executed.append(action)
-        return super()._step(action)
+from test_search import SpyEnv  # records every action that reaches the environment
 
 
 class DoorPolicy:
