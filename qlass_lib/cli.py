@@ -24,6 +24,7 @@ _EPILOG = """examples:
   python -m qlass_lib bench-parallel runs/default
   python -m qlass_lib inspect runs/default
   python -m qlass_lib lookahead runs/default --split dev --per-type 15 --m 2
+  python -m qlass_lib gpu-check runs/default --out runs/gpu-check --shape 7b   # on a CUDA machine
   python -m qlass_lib annotations params/default.yaml --fractions 1 0.5 0.25"""
 
 
@@ -122,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--m", type=int, default=None, help="candidates per step (default: the run's smallest M)")
     la.add_argument("--seeds", type=int, nargs="+", default=None, help="search seeds (default: the run's first)")
     la.add_argument("--rankers", nargs="+", default=None, help="subset of: sample policy qnet lookahead")
+    gc = sub.add_parser("gpu-check", help="the GPU path (4-bit NF4, LoRA, bf16) on a random-initialized Llama: "
+                        "BC, adapter round trip, sampling, QNet, precision; timed, with peak memory")
+    gc.add_argument("run_dir", help="a run with stages 01 and 03 done (its expert and QNet data are used)")
+    gc.add_argument("--out", required=True, help="folder for the random base model, adapters and gpu_check.json")
+    gc.add_argument("--shape", choices=["tiny", "1b", "7b"], default="7b", help="Llama shape (7b = Llama-2-7B's)")
+    gc.add_argument("--no-4bit", action="store_true", help="bf16/fp32 weights even on CUDA (4-bit is CUDA-only)")
+    gc.add_argument("--bc-steps", type=int, default=12, help="BC optimizer steps")
+    gc.add_argument("--batch-tokens", type=int, default=8192, help="tokens per BC step")
+    gc.add_argument("--qnet-steps", type=int, default=8, help="QNet optimizer steps")
     an = sub.add_parser("annotations", help="fewer-annotations experiment: the series per share of expert data, one table")
     an.add_argument("params")
     an.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.5, 0.25],
@@ -151,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
             print(lookahead.markdown(res))
             print(f"wrote {res['out']}")
             return 0
+        if args.cmd == "gpu-check":
+            from . import gpu_check
+            data = gpu_check.run_check(args.run_dir, args.out, args.shape, False if args.no_4bit else None,
+                                       args.bc_steps, args.batch_tokens, args.qnet_steps)
+            print(gpu_check.markdown(data))
+            failed = [k for k, v in data["sections"].items() if not v["ok"]]
+            return 1 if failed else 0
         if args.cmd == "inspect":
             from .inspector import write_html
             if not (Path(args.run_dir) / "02_tree_construction" / "trees.jsonl").is_file():

@@ -94,30 +94,46 @@ def autocast(model_cfg, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def build_tiny(out_dir: str | Path, corpus: Iterable[str], tiny_cfg, seed: int = 0) -> Path:
-    """Train a byte-level BPE tokenizer on ``corpus``, make a tiny Llama, save both; return the directory."""
+def train_tokenizer(out_dir: str | Path, corpus: Iterable[str], vocab_size: int, char_ids: bool = False):
+    """Train a byte-level BPE tokenizer on ``corpus`` (ids one character per token with ``char_ids``), give it
+    the chat template, save it to ``out_dir`` and return it."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bpe = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(id_char_pattern()), "isolated"),
-                                                  byte_level]) if tiny_cfg.char_ids else byte_level)
+                                                  byte_level]) if char_ids else byte_level)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=tiny_cfg.vocab_size, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(list(corpus), trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|end|>", pad_token="<pad>")
     tok.chat_template = prompts.DEFAULT_CHAT_TEMPLATE
     tok.save_pretrained(out)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=tiny_cfg.hidden_size, intermediate_size=tiny_cfg.intermediate_size,
-        num_hidden_layers=tiny_cfg.num_layers, num_attention_heads=tiny_cfg.num_heads,
-        num_key_value_heads=tiny_cfg.num_heads, max_position_embeddings=tiny_cfg.max_positions,
-        tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        bos_token_id=None)
+    return tok
+
+
+def llama_config(tok, hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int, max_positions: int):
+    """A Llama-architecture config sized as given, with ``tok``'s vocabulary and special tokens."""
+    from transformers import LlamaConfig
+    return LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions, tie_word_embeddings=True, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id, bos_token_id=None)
+
+
+def build_tiny(out_dir: str | Path, corpus: Iterable[str], tiny_cfg, seed: int = 0) -> Path:
+    """Train a byte-level BPE tokenizer on ``corpus``, make a tiny Llama, save both; return the directory."""
+    from transformers import LlamaForCausalLM
+
+    out = Path(out_dir)
+    tok = train_tokenizer(out, corpus, tiny_cfg.vocab_size, tiny_cfg.char_ids)
+    config = llama_config(tok, tiny_cfg.hidden_size, tiny_cfg.intermediate_size, tiny_cfg.num_layers,
+                          tiny_cfg.num_heads, tiny_cfg.max_positions)
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out)
     return out

@@ -166,6 +166,24 @@ def test_lookahead_diagnostic_reruns_stage05_qlass(smoke_run):
 
 
 @pytest.mark.smoke
+def test_gpu_check_runs_every_section_here(smoke_run, tmp_path):
+    """The device check drives the project's own BC, adapter, sampling and QNet code on a random Llama it builds
+    and saves itself.  Here (no CUDA, so LoRA on bf16-stored weights instead of 4-bit) every section must run;
+    a saved adapter or QNet must reload to the same logits and values."""
+    from qlass_lib import gpu_check
+    data = gpu_check.run_check(RUN, tmp_path, shape="tiny", quant=False, bc_steps=2, batch_tokens=1024,
+                               qnet_steps=2, qnet_examples=24, m=2, states=2)
+    sec = data["sections"]
+    assert list(sec) == ["build_base", "bc_lora", "adapter_roundtrip", "generation", "qnet", "precision"]
+    assert all(s["ok"] for s in sec.values()), {k: s.get("error") for k, s in sec.items()}
+    assert sec["bc_lora"]["steps"] == 2 and sec["bc_lora"]["linear4bit_modules"] == 0
+    assert sec["adapter_roundtrip"]["max_abs_logit_diff"] == 0.0 and sec["qnet"]["reload_max_abs_diff"] == 0.0
+    assert 0 < sec["generation"]["generated_tokens"] <= 2 * 2 * 48
+    assert sec["precision"]["stored_dtype"] == "torch.bfloat16" and sec["precision"]["rel_error_vs_fp32"]["bf16"] < 0.05
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["qnet"]["steps"] == 2
+
+
+@pytest.mark.smoke
 def test_stage06_self_training_artifacts(smoke_run):
     d, d1 = RUN / "06_self_training", RUN / "01_behavior_cloning"
     assert json.loads((d / "manifest.json").read_text())["status"] == "complete"
