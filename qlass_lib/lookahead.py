@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from . import prompts
 from .agent import Candidate, greedy_chooser, run_episode
-from .artifacts import ResumableLog, write_json
+from .artifacts import ResumableLog, read_json, write_json
 from .budget import Budget
 from .kvcache import PrefixCache
 from .search import distinct, episode_seed
@@ -193,6 +193,30 @@ def analyze(episodes: list[dict], out_dir: str | Path, rankers=RANKERS, seed: in
     return {"table": table, "comparisons": comparisons, "ranking": ranking, "summary": summary}
 
 
+def drop_stale(out: Path, identity: dict) -> bool:
+    """Remove the episodes an earlier diagnostic left in ``out`` when what made them (the run's stage 01 and 04
+    results, the sampling) differs from ``identity``; True if they were removed.  Episodes of other rankers,
+    seeds or tasks made by the same policy and QNet are kept and reused."""
+    eps = out / "lookahead_episodes.jsonl"
+    if not eps.is_file():
+        return False
+    old = read_json(out / "lookahead_config.json") if (out / "lookahead_config.json").is_file() else {}
+    if all(old.get(k) == v for k, v in identity.items()):
+        return False
+    eps.unlink()
+    return True
+
+
+def _identity(run_dir: Path, sampling) -> dict:
+    """What the episodes depend on: each upstream stage's fingerprint and start time (a rerun retrains it)."""
+    from .context import STAGES
+    ups = {}
+    for s in ("01", "04"):
+        man = read_json(run_dir / STAGES[s] / "manifest.json")
+        ups[s] = {"fingerprint": man["fingerprint"]["all"], "started": man["started"]}
+    return {"upstream": ups, "sampling": dataclasses.asdict(sampling)}
+
+
 def diagnose(run_dir: str | Path, split: str = "dev", per_type: int | None = 15, m: int | None = None,
              seeds: list[int] | None = None, rankers=RANKERS) -> dict:
     """The diagnostic on a finished run (stages 01 and 04): ``per_type`` tasks of every type of ``split``,
@@ -216,10 +240,12 @@ def diagnose(run_dir: str | Path, split: str = "dev", per_type: int | None = 15,
     try:
         policy, qnet = ctx.policy(env.name), load_qnet(qdir, cfg.model)
         tasks = first_per_type(env.tasks(split), per_type)
+        identity = _identity(run_dir, cfg.search.sampling)
+        if drop_stale(out, identity):
+            print(f"{out}: the run's policy, QNet or sampling changed since the last diagnostic; starting afresh")
         write_json(out / "lookahead_config.json", {"schema_version": SCHEMA_VERSION, "split": split, "m": m,
                                                     "seeds": seeds, "rankers": list(rankers),
-                                                    "tasks": [t.id for t in tasks],
-                                                    "sampling": dataclasses.asdict(cfg.search.sampling)})
+                                                    "tasks": [t.id for t in tasks], **identity})
         eps = run(policy, qnet, env, env2, tasks, m, cfg.search.sampling, seeds, out / "lookahead_episodes.jsonl",
                   rankers, ctx.example())
     finally:

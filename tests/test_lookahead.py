@@ -86,3 +86,20 @@ def test_one_distinct_candidate_is_not_scored():
     ep = run_episode(env, env.tasks("train")[0], ch, b)
     assert ep.reward == 1.0 and oracle.rollouts == 0 and b.qnet_calls == 0 and env2.executed == []
     assert all(t["distinct"] == 1 and t["candidates"][0]["lookahead"] is None for t in ep.turns)
+
+
+def test_episodes_of_another_policy_or_qnet_are_not_reused(tmp_path):
+    """A diagnostic resumes its episodes only while the run's stage 01 and 04 results and the sampling are the
+    ones they were made with; a retrained policy or QNet (a new start time or fingerprint) starts it afresh."""
+    ident = {"upstream": {"01": {"fingerprint": "a", "started": "t1"}, "04": {"fingerprint": "b", "started": "t2"}},
+             "sampling": {"temperature": 0.7}}
+    eps = tmp_path / "lookahead_episodes.jsonl"
+    eps.write_text('{"method": "qnet"}\n')
+    (tmp_path / "lookahead_config.json").write_text(json.dumps({"rankers": ["qnet"], **ident}))
+    assert not lookahead.drop_stale(tmp_path, ident) and eps.is_file()
+    retrained = json.loads(json.dumps(ident))
+    retrained["upstream"]["04"]["started"] = "t3"
+    assert lookahead.drop_stale(tmp_path, retrained) and not eps.exists()
+    eps.write_text('{"method": "qnet"}\n')
+    (tmp_path / "lookahead_config.json").unlink()  # made before configs recorded their upstream: not trusted
+    assert lookahead.drop_stale(tmp_path, ident) and not eps.exists()
