@@ -15,7 +15,7 @@ module measures both on evaluation tasks, at the states search visits:
   ``lookahead`` (the oracle).  Greedy decoding runs beside them;
 - ranking accuracy: at every visited state whose distinct candidates' lookahead values differ, whether a
   predictor's top candidate has the best value (ties in the prediction share the credit), next to a random
-  pick: the rule of the QNet's sibling accuracy (:func:`qlass_lib.qnet_train.sibling_hit`).
+  pick: the rule of the QNet's sibling accuracy (:func:`qlass_lib.qnet_metrics.sibling_hit`).
 """
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def decision_groups(episodes: list[dict]) -> list[dict]:
 def ranking_table(groups: list[dict], seed: int = 0) -> pd.DataFrame:
     """Top-1 ranking accuracy against lookahead values at the decisive states (values differ), with a bootstrap
     95% interval over those states, for the QNet, the policy's log π and a random pick."""
-    from .qnet_train import sibling_hit
+    from .qnet_metrics import sibling_hit
     from .stats import bootstrap_mean_ci
     hits: dict[str, list[float]] = {"qnet": [], "policy (log π)": [], "random": []}
     for g in groups:

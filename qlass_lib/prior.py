@@ -45,7 +45,7 @@ def sibling_logprobs(model, tokenizer, data_dir: str | Path, split: str, max_len
                      batch_size: int = 16) -> tuple[list[dict], list[int], np.ndarray]:
     """The records of ``qnet_<split>.jsonl`` (none when it is missing), the indices of those in sibling groups
     (parents with 2+ children), and the policy's log-probability of each of those, in that order."""
-    from .qnet_train import sibling_groups
+    from .qnet_metrics import sibling_groups
     path = Path(data_dir) / f"qnet_{split}.jsonl"
     rows = list(read_jsonl(path)) if path.is_file() else []
     idx = sorted(i for ids in sibling_groups(rows).values() for i in ids)
@@ -59,7 +59,7 @@ def prior_sibling_metrics(model, tokenizer, data_dir: str | Path, targets: list[
     the training trees (the same groups as the QNet's ``sibling_accuracy``, so its ``sibling_random_baseline``
     applies); NaN where no sibling group's targets differ.  ``scored``: :func:`sibling_logprobs` per split, when
     already computed."""
-    from .qnet_train import evaluate_qnet
+    from .qnet_metrics import evaluate_qnet
     out: dict[str, dict] = {t: {} for t in targets}
     for split, prefix in (("val", ""), ("train", "train_")):
         rows, idx, lp = (scored or {}).get(split) or sibling_logprobs(model, tokenizer, data_dir, split, max_length,
@@ -80,7 +80,7 @@ def prior_weight_sweep(model, tokenizer, data_dir: str | Path, q_pred, max_lengt
     """Sibling accuracy on the validation trees of Q + w·log π for each w in ``weights``, and of log π alone
     (``prior_weight`` inf): ``q_pred`` holds the q QNet's predictions, one per ``qnet_val.jsonl`` record;
     ``scored``: :func:`sibling_logprobs` of the validation split, when already computed."""
-    from .qnet_train import evaluate_qnet
+    from .qnet_metrics import evaluate_qnet
     rows, idx, lp = scored or sibling_logprobs(model, tokenizer, data_dir, "val", max_length, batch_size)
     if len(q_pred) != len(rows):
         raise ValueError(f"{len(q_pred)} QNet predictions for the {len(rows)} records of "

@@ -5,7 +5,8 @@ from qlass_lib import prompts
 from qlass_lib.budget import Budget
 from qlass_lib.config import ModelConfig, QNetConfig
 from qlass_lib.qnet import QNet, encode_pair, last_index, load_qnet, pad
-from qlass_lib.qnet_train import evaluate_qnet, train_qnet
+from qlass_lib.qnet_metrics import evaluate_qnet
+from qlass_lib.qnet_train import train_qnet
 
 
 @pytest.fixture(params=["last", "mean"])

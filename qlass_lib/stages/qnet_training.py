@@ -59,7 +59,8 @@ def run(ctx) -> QNetResult:
     from ..artifacts import write_json
     from ..context import STAGES
     from ..prior import best_prior_weight
-    from ..qnet_train import calibration_table, fit_qnet
+    from ..qnet_metrics import calibration_table
+    from ..qnet_train import fit_qnet
     cfg, out = ctx.cfg, ctx.stage_dir("04")
     data_dir = ctx.run_dir / STAGES["03"]
     policy_dir = ctx.run_dir / STAGES["01"] / "policy"
