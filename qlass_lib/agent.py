@@ -14,7 +14,7 @@ from . import prompts
 from .budget import Budget
 from .envs import TaskRef, TextEnv
 from .kvcache import PrefixCache
-from .models import autocast, model_device
+from .models import autocast, cache_kwarg, model_device, returned_cache
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Policy:
                 if rows > 1:
                     cache.batch_repeat_interleave(rows)
                 input_ids = torch.tensor([ids] * rows, device=device)
-                kwargs.update(past_key_values=cache, num_return_sequences=1)
+                kwargs.update({cache_kwarg(model): cache, "num_return_sequences": 1})
             else:
                 input_ids = torch.tensor([ids], device=device)
                 kwargs.update(num_return_sequences=rows)
@@ -76,8 +76,9 @@ class Policy:
         device = model_device(self.model)
         x = torch.tensor([new_ids], device=device)
         att = torch.ones((1, start + len(new_ids)), dtype=torch.long, device=device)
-        out = self.model(input_ids=x, attention_mask=att, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.past_key_values
+        out = self.model(input_ids=x, attention_mask=att, use_cache=True, logits_to_keep=1,
+                         **{cache_kwarg(self.model): cache})
+        return returned_cache(out)
 
 
     @torch.no_grad()

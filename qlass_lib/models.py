@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -231,6 +232,18 @@ def count_parameters(model) -> int:
 
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
+
+
+def cache_kwarg(model) -> str:
+    """The keyword that hands a KV cache to ``model`` (and its ``generate``): ``cache`` where transformers renamed
+    it (5.25 warns on the old name, 5.40 drops it), ``past_key_values`` before (5.17 knows only that one)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def returned_cache(out):
+    """The KV cache a forward pass returned, under either name (None when it returned none)."""
+    return out["cache"] if "cache" in out else out.get("past_key_values")
 
 
 def prepare_base(model_cfg, out_dir: str | Path, corpus_fn, seed: int = 0) -> str:

@@ -24,7 +24,7 @@ from . import prompts
 from .batching import pad
 from .bc import IGNORE, mask_labels
 from .kvcache import PrefixCache
-from .models import autocast, is_adapter_dir, load_policy, model_device, save_policy
+from .models import autocast, cache_kwarg, is_adapter_dir, load_policy, model_device, returned_cache, save_policy
 
 
 def encode_pair(tokenizer, state: list[dict], action_text: str, max_length: int) -> tuple[list[int], list[int]]:
@@ -89,8 +89,8 @@ class QNet(nn.Module):
             use_cache = past_key_values is not None
         with autocast(self.model_cfg, input_ids.device):
             out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               past_key_values=past_key_values, use_cache=use_cache)
-        return out.last_hidden_state, getattr(out, "past_key_values", None)
+                               use_cache=use_cache, **{cache_kwarg(self.decoder): past_key_values})
+        return out.last_hidden_state, returned_cache(out)
 
     def features(self, h: torch.Tensor, action_mask=None) -> torch.Tensor:
         """What the head reads at each token: the hidden state (pool last) or the running action mean."""
