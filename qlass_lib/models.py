@@ -193,7 +193,8 @@ def load_model(path: str, model_cfg, train: bool = False, adapter: str | None = 
                           target_modules=list(model_cfg.lora_target_modules), task_type="CAUSAL_LM")
         model = get_peft_model(model, lcfg)
     if train and model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5.2x renamed it (the old name warns, v6 drops it)
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     model.train(train)

@@ -51,7 +51,8 @@ def test_lora_adapter_save_and_load(tiny_tok, tmp_path):
 def test_gradient_checkpointing_switch(tiny_tok):
     _, path = tiny_tok
     model = models.load_model(str(path), ModelConfig(gradient_checkpointing=True, device="cpu"), train=True)
-    assert model.is_gradient_checkpointing
+    on = getattr(model, "is_activation_checkpointing", None)  # the name since transformers 5.2x
+    assert (on if on is not None else model.is_gradient_checkpointing) is True
 
 
 def test_char_ids_make_every_asin_character_one_token(tmp_path):
