@@ -47,7 +47,9 @@ def evaluate_qnet(pred: np.ndarray, exs: list[dict]) -> dict:
     out = {"examples": len(exs), "mse": float(np.mean((pred - tgt) ** 2)) if len(exs) else float("nan")}
     out["target_variance"] = float(np.var(tgt)) if len(exs) else float("nan")
     out["r2"] = 1.0 - out["mse"] / out["target_variance"] if len(exs) and out["target_variance"] > 0 else float("nan")
-    out["spearman"] = float(spearmanr(pred, tgt).statistic) if len(exs) > 2 and np.std(tgt) > 0 else float("nan")
+    # undefined (nan) when either side is constant, e.g. a QNet that has not moved off its initial value
+    defined = len(exs) > 2 and np.std(tgt) > 0 and np.std(pred) > 0
+    out["spearman"] = float(spearmanr(pred, tgt).statistic) if defined else float("nan")
     hits, base, n = 0.0, 0.0, 0
     for ids in sibling_groups(exs).values():
         h = sibling_hit(pred[ids], tgt[ids])
