@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -239,7 +240,12 @@ def cache_kwarg(model) -> str:
     """The keyword that hands a KV cache to ``model`` (and its ``generate``): ``cache`` where transformers renamed
     it (5.25 warns on the old name, 5.40 drops it), ``past_key_values`` before (5.17 knows only that one)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return _cache_kwarg_of(type(base))
+
+
+@functools.cache
+def _cache_kwarg_of(cls) -> str:  # once per model class: callers sit on the per-step decoding path
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def returned_cache(out):
