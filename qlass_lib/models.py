@@ -250,7 +250,10 @@ def _cache_kwarg_of(cls) -> str:  # once per model class: callers sit on the per
 
 def returned_cache(out):
     """The KV cache a forward pass returned, under either name (None when it returned none)."""
-    return out["cache"] if "cache" in out else out.get("past_key_values")
+    if "cache" in out:
+        return out["cache"]
+    # ask for the old name only where the output class still has it (5.25 logs a deprecation on any lookup)
+    return out.get("past_key_values") if "past_key_values" in getattr(out, "__dataclass_fields__", {}) else None
 
 
 def prepare_base(model_cfg, out_dir: str | Path, corpus_fn, seed: int = 0) -> str:

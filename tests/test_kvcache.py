@@ -93,3 +93,19 @@ def test_qnet_scores_with_cache_equal_scores_without(model, pool):
             assert q.prefix.ids == []  # training invalidates the cached prefix
     for x, y in zip(vals[True], vals[False]):
         assert x == pytest.approx(y, abs=1e-5)
+
+
+def test_a_forward_without_cache_reads_no_deprecated_cache_name(model, caplog):
+    """returned_cache on an output that holds no cache is None, and asks for neither name in a way that makes
+    transformers log its `past_key_values` deprecation (it did, once per process, on every QNet training)."""
+    import logging
+
+    from qlass_lib.models import returned_cache
+    m, tok = model
+    ids = torch.tensor([tok("Action: look around")["input_ids"]])
+    with caplog.at_level(logging.WARNING, logger="transformers"):
+        out = m(input_ids=ids, use_cache=False)
+        assert returned_cache(out) is None
+        out = m(input_ids=ids, use_cache=True)
+        assert returned_cache(out) is not None
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
