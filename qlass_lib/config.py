@@ -179,6 +179,8 @@ class QNetConfig:
     eval_every: int = doc(25, "optimizer steps between validation checks (checkpoint selection)", ge=1)
     select: Literal["last", "sibling_accuracy", "val_mse"] = doc("sibling_accuracy", "which checkpoint to keep: the last, or the best on the validation trees")
     max_minutes: float = doc(60.0, "wall-clock guard only (a run that hits it says so in its manifest and report)", gt=0)
+    rank_weight: float = doc(0.0, "weight of a sibling-ranking term added to the MSE (logistic loss on sibling pairs with different targets; batches built tree by tree); 0 = the paper's MSE alone", ge=0)
+    rank_temperature: float = doc(0.1, "scale of value differences in the ranking term: softplus(-(v_hi - v_lo) / this)", gt=0)
     ablation_targets: list[str] = doc(["avg_reward", "outcome"], "extra QNets trained on these targets for the ablation")
 
 

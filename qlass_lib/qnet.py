@@ -111,10 +111,11 @@ class QNet(nn.Module):
         v = self.forward(input_ids, attention_mask, action_mask)
         return v.gather(1, last_index(attention_mask)[:, None]).squeeze(1)
 
-    def loss(self, batch: dict, kind: str = "per_token") -> torch.Tensor:
+    def loss(self, batch: dict, kind: str = "per_token", values: torch.Tensor | None = None) -> torch.Tensor:
         """MSE against per-token targets over every labeled action token (``per_token``, the paper's
-        objective) or over the last token of each labeled action (``last_token``)."""
-        v = self.forward(batch["input_ids"], batch["attention_mask"], batch["action_mask"])
+        objective) or over the last token of each labeled action (``last_token``); ``values`` reuses a
+        forward pass already made on ``batch``."""
+        v = self.forward(batch["input_ids"], batch["attention_mask"], batch["action_mask"]) if values is None else values
         m = (batch["last_mask"] if kind == "last_token" else batch["action_mask"]).float()
         return (((v - batch["target_tok"]) ** 2) * m).sum() / m.sum().clamp(min=1)
 

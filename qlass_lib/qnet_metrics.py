@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .stats import bootstrap_mean_ci
+
 
 def sibling_groups(exs: list[dict]) -> dict[tuple, list[int]]:
     groups: dict[tuple, list[int]] = {}
@@ -36,7 +38,9 @@ def sibling_hit(pred, target) -> tuple[float, float] | None:
 
 
 def evaluate_qnet(pred: np.ndarray, exs: list[dict]) -> dict:
-    """MSE, Spearman correlation, and sibling accuracy next to its random baseline.
+    """MSE, Spearman correlation, and sibling accuracy next to its random baseline, with bootstrap 95% intervals
+    over sibling groups for the accuracy (``sibling_accuracy_low``/``_high``) and for its gain over the random
+    baseline (``sibling_gain``, ``_low``, ``_high``): a few dozen groups leave both wide.
 
     Sibling accuracy: among parents with >= 2 children whose targets differ, the share where the child with
     the highest prediction is one of the best-target children (children tied at the highest prediction share
@@ -50,13 +54,13 @@ def evaluate_qnet(pred: np.ndarray, exs: list[dict]) -> dict:
     # undefined (nan) when either side is constant, e.g. a QNet that has not moved off its initial value
     defined = len(exs) > 2 and np.std(tgt) > 0 and np.std(pred) > 0
     out["spearman"] = float(spearmanr(pred, tgt).statistic) if defined else float("nan")
-    hits, base, n = 0.0, 0.0, 0
-    for ids in sibling_groups(exs).values():
-        h = sibling_hit(pred[ids], tgt[ids])
-        if h is not None:
-            hits, base, n = hits + h[0], base + h[1], n + 1
-    out.update(sibling_groups=n, sibling_accuracy=hits / n if n else float("nan"),
-               sibling_random_baseline=base / n if n else float("nan"))
+    groups = [h for ids in sibling_groups(exs).values() if (h := sibling_hit(pred[ids], tgt[ids])) is not None]
+    hits, base = np.array([h[0] for h in groups]), np.array([h[1] for h in groups])
+    acc, lo, hi = bootstrap_mean_ci(hits, n_boot=2000)
+    gain, glo, ghi = bootstrap_mean_ci(hits - base, n_boot=2000)
+    out.update(sibling_groups=len(groups), sibling_accuracy=acc, sibling_random_baseline=float(base.mean())
+               if len(groups) else float("nan"), sibling_accuracy_low=lo, sibling_accuracy_high=hi,
+               sibling_gain=gain, sibling_gain_low=glo, sibling_gain_high=ghi)
     return out
 
 

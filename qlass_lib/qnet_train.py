@@ -12,6 +12,7 @@ from .artifacts import read_jsonl
 from .models import model_device
 from .qnet import QNet, encode_pair, pad
 from .qnet_metrics import evaluate_qnet, informative_examples
+from .qnet_rank import segment_keys, sibling_rank_loss, tree_batches
 
 
 def _segments(mask: list[int]) -> list[tuple[int, int]]:
@@ -44,7 +45,7 @@ def load_examples(qnet: QNet, path: str | Path, target: str = "q") -> list[dict]
         y = float(r["targets"][target])
         segs = [(s, e, y) for s, e in _segments(amask)][-1:]
         out.append(_example(ids, segs, target=y, task=r["task"], parent=r["parent"], node=r["node"],
-                            depth=r["depth"]))
+                            depth=r["depth"], seg_parents=[r["parent"]]))
     return out
 
 
@@ -62,6 +63,7 @@ def load_path_examples(qnet: QNet, path: str | Path, target: str = "q") -> list[
         enc = tok(text.rstrip(), return_offsets_mapping=True, add_special_tokens=False)
         ids, offs = enc["input_ids"], enc["offset_mapping"]
         segs, overflow, seg_nodes = [], [], []
+        path_nodes = [t["node"] for t in r["turns"]]
         for k, ((a, b), turn) in enumerate(zip(spans, r["turns"])):
             if not turn["labeled"]:
                 continue
@@ -74,13 +76,16 @@ def load_path_examples(qnet: QNet, path: str | Path, target: str = "q") -> list[
                 overflow.append((k, y))
         if segs:
             end = max(e for _, e, _ in segs)
-            out.append(_example(ids[:end], segs, task=r["task"], path_leaf=r["leaf"], nodes=seg_nodes))
+            out.append(_example(ids[:end], segs, task=r["task"], path_leaf=r["leaf"], nodes=seg_nodes,
+                                seg_parents=[path_nodes[path_nodes.index(n) - 1] if path_nodes.index(n) else 0
+                                             for n in seg_nodes], path_nodes=path_nodes))
         for k, y in overflow:
             upto = 2 * k + 1  # messages[: upto] is the state of assistant turn k
             ids_k, am = encode_pair(tok, msgs[:upto], msgs[upto]["content"], qnet.max_length)
             s_e = _segments(am)[-1:]
             out.append(_example(ids_k, [(s, e, y) for s, e in s_e], task=r["task"], path_leaf=r["leaf"],
-                                nodes=[r["turns"][k]["node"]]))
+                                nodes=[r["turns"][k]["node"]], seg_parents=[path_nodes[k - 1] if k else 0],
+                                path_nodes=path_nodes))
     return out
 
 
@@ -172,7 +177,8 @@ def init_head(qnet: QNet, mean_target: float) -> None:
 
 def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 0) -> dict:
     """AdamW on head (lr) and backbone (lr * backbone_lr_scale) with warm-up and cosine decay
-    (:func:`qlass_lib.training.train_loop`); per-token or last-token MSE.  Stops at ``max_steps`` or after
+    (:func:`qlass_lib.training.train_loop`); per-token or last-token MSE, plus ``rank_weight`` times the
+    sibling-ranking term of :mod:`qlass_lib.qnet_rank` when that weight is > 0.  Stops at ``max_steps`` or after
     ``epochs`` (``max_minutes`` is only a guard).  Every ``eval_every`` steps the validation trees are scored
     and, with ``select`` other than ``last``, the best checkpoint (sibling accuracy, then MSE) is kept and
     restored at the end."""
@@ -190,7 +196,9 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
         init_head(qnet, float(np.mean([y for e in train for y, m in zip(e["target_tok"], e["action_mask"]) if m])))
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     rng = random.Random(seed)
-    per_epoch = sum(-(-len(c) // cfg.batch_size) for c in _chunks(list(range(len(train))), cfg.batch_size))
+    rank = cfg.rank_weight > 0
+    per_epoch = (len(tree_batches(train, cfg.batch_size, random.Random(seed))) if rank else
+                 sum(-(-len(c) // cfg.batch_size) for c in _chunks(list(range(len(train))), cfg.batch_size)))
     total = min(cfg.max_steps or 10**9, max(1, per_epoch * cfg.epochs))
     best, best_score, best_step = None, None, 0
     trainable = {n for n, p in qnet.named_parameters() if p.requires_grad}  # the only weights training changes
@@ -227,6 +235,8 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
         return [rec]
 
     def epoch_batches(epoch: int) -> list:
+        if rank:  # siblings must meet in a batch: tree by tree
+            return tree_batches(train, cfg.batch_size, rng)
         idx = list(range(len(train)))
         rng.shuffle(idx)
         # bucket by length inside chunks to limit padding
@@ -238,8 +248,20 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
     def loss_fn(b):
         if cached:
             idx = [k for j in b for k in rows[j]]
-            return ((qnet.head(feats[idx]).squeeze(-1) - ys[idx]) ** 2).mean(), {}
-        return qnet.loss(_batch([train[j] for j in b], qnet.tokenizer.pad_token_id, device), cfg.loss), {}
+            v_last, y_last = qnet.head(feats[idx]).squeeze(-1), ys[idx]
+            mse = ((v_last - y_last) ** 2).mean()
+        else:
+            batch = _batch([train[j] for j in b], qnet.tokenizer.pad_token_id, device)
+            v = qnet.forward(batch["input_ids"], batch["attention_mask"], batch["action_mask"])
+            mse = qnet.loss(batch, cfg.loss, values=v)
+            if rank:  # the labeled actions' last tokens, row by row: the order of segment_keys
+                last = batch["last_mask"].bool()
+                v_last, y_last = v[last], batch["target_tok"][last]
+        if not rank:
+            return mse, {}
+        rl, pairs = sibling_rank_loss(v_last.float(), y_last.float(), segment_keys([train[j] for j in b]),
+                                      cfg.rank_temperature)
+        return mse + cfg.rank_weight * rl, {"mse": mse.item(), "rank_loss": rl.item(), "rank_pairs": pairs}
 
     def after_step(st: LoopState, rec: dict):
         if st.step % cfg.eval_every == 0:
@@ -299,7 +321,7 @@ def fit_qnet(cfg, policy_dir: str | Path, data_dir: str | Path, out_dir: str | P
         train_pred = predict(qnet, train_nodes, cfg.qnet.batch_size)
     fit = evaluate_qnet(train_pred, train_nodes)
     metrics.update({f"train_{k}": fit[k] for k in ("mse", "target_variance", "r2", "spearman", "sibling_accuracy",
-                                                   "sibling_random_baseline")})
+                                                   "sibling_random_baseline", "sibling_gain_low", "sibling_gain_high")})
     metrics.update(steps=result["steps"], selected_step=result.get("selected_step"), select=result.get("select"),
                    stopped=result["stopped"])
     write_json(out_dir / "metrics.json", metrics)

@@ -115,15 +115,20 @@ def test_evaluate_qnet_by_hand():
     assert m["sibling_groups"] == 2 and m["sibling_accuracy"] == 0.5
     assert m["sibling_random_baseline"] == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert m["mse"] == pytest.approx(np.mean((pred - [1, 0, 0.5, 0.2, 0.8]) ** 2))
+    # two groups, hits 1 and 0: the bootstrap means are 0, 0.5 or 1, so the 95% interval spans [0, 1]
+    assert (m["sibling_accuracy_low"], m["sibling_accuracy_high"]) == (0.0, 1.0)
+    assert m["sibling_gain"] == pytest.approx(0.5 - m["sibling_random_baseline"])
     flat = evaluate_qnet(np.full(5, 0.4), exs)  # a constant QNet: ties share the credit = the random baseline
     assert flat["sibling_accuracy"] == pytest.approx(flat["sibling_random_baseline"])
+    assert flat["sibling_gain"] == pytest.approx(0.0) and flat["sibling_gain_low"] == pytest.approx(0.0)
+    assert flat["sibling_gain_high"] == pytest.approx(0.0)
+    none = evaluate_qnet(np.zeros(2), exs[3:4] + [{"task": "c", "parent": 0, "target": 0.2}])
+    assert none["sibling_groups"] == 0 and all(np.isnan(none[k]) for k in ("sibling_accuracy", "sibling_gain_low"))
 
 
-def test_path_packing_sees_the_same_context_as_per_node_examples(qnet, tmp_path):
-    """Every node is labeled once across paths, with the target of its node, and the value read at the end
-    of its turn inside a packed path equals the value of its own (state, candidate) example."""
+def export_two_trees(out_dir) -> None:
+    """Stage 03's files (per node and packed by path) for two copies of the hand-built test tree, all training."""
     from qlass_lib import qvalues
-    from qlass_lib.qnet_train import load_examples, load_path_examples
     from test_qvalues import _tree
     trees = []
     for v in range(2):
@@ -131,7 +136,14 @@ def test_path_packing_sees_the_same_context_as_per_node_examples(qnet, tmp_path)
         t.task = t.task.__class__("t", v)
         trees.append(t)
     qvalues.compute(trees, 0.9, "tree")
-    qvalues.export_dataset(trees, "scienceworld", tmp_path, val_fraction=0.0, seed=0)
+    qvalues.export_dataset(trees, "scienceworld", out_dir, val_fraction=0.0, seed=0)
+
+
+def test_path_packing_sees_the_same_context_as_per_node_examples(qnet, tmp_path):
+    """Every node is labeled once across paths, with the target of its node, and the value read at the end
+    of its turn inside a packed path equals the value of its own (state, candidate) example."""
+    from qlass_lib.qnet_train import load_examples, load_path_examples
+    export_two_trees(tmp_path)
     per_node = {(e["task"], e["node"]): e for e in load_examples(qnet, tmp_path / "qnet_train.jsonl")}
     packed = load_path_examples(qnet, tmp_path / "qnet_paths_train.jsonl")
     labeled = [(e["task"], n) for e in packed for n in e["nodes"]]
