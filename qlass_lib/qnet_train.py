@@ -62,8 +62,8 @@ def load_path_examples(qnet: QNet, path: str | Path, target: str = "q") -> list[
         text, spans = prompts.assistant_spans(tok, msgs)
         enc = tok(text.rstrip(), return_offsets_mapping=True, add_special_tokens=False)
         ids, offs = enc["input_ids"], enc["offset_mapping"]
-        segs, overflow, seg_nodes = [], [], []
-        path_nodes = [t["node"] for t in r["turns"]]
+        segs, overflow, seg_nodes, seg_parents = [], [], [], []
+        path_nodes = [t["node"] for t in r["turns"]]  # a turn's parent is the turn before it (the root, 0, first)
         for k, ((a, b), turn) in enumerate(zip(spans, r["turns"])):
             if not turn["labeled"]:
                 continue
@@ -72,13 +72,13 @@ def load_path_examples(qnet: QNet, path: str | Path, target: str = "q") -> list[
             if idx and idx[-1] < qnet.max_length:
                 segs.append((idx[0], idx[-1] + 1, y))
                 seg_nodes.append(turn["node"])
+                seg_parents.append(path_nodes[k - 1] if k else 0)
             else:
                 overflow.append((k, y))
         if segs:
             end = max(e for _, e, _ in segs)
             out.append(_example(ids[:end], segs, task=r["task"], path_leaf=r["leaf"], nodes=seg_nodes,
-                                seg_parents=[path_nodes[path_nodes.index(n) - 1] if path_nodes.index(n) else 0
-                                             for n in seg_nodes], path_nodes=path_nodes))
+                                seg_parents=seg_parents, path_nodes=path_nodes))
         for k, y in overflow:
             upto = 2 * k + 1  # messages[: upto] is the state of assistant turn k
             ids_k, am = encode_pair(tok, msgs[:upto], msgs[upto]["content"], qnet.max_length)
