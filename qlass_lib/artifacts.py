@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -14,12 +15,35 @@ PACKAGES = ["torch", "transformers", "tokenizers", "peft", "bitsandbytes", "scie
             "pandas", "numpy"]
 
 
+def strict(obj):
+    """``obj`` made valid for strict JSON (RFC 8259): NaN and ±inf become null, NumPy scalars and arrays
+    Python numbers and lists, tuples lists; anything else JSON lacks (a path, a date) its ``str``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, dict):
+        return {(k.item() if type(k).__module__ == "numpy" else k): strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if hasattr(obj, "tolist") and type(obj).__module__ == "numpy":  # NumPy scalar or array
+        return strict(obj.tolist())
+    return str(obj)
+
+
+def dumps(obj, indent: int | None = None) -> str:
+    """The one JSON encoder of the project's artifacts: strict JSON (see :func:`strict`), so any JSON reader
+    (``jq``, ``JSON.parse``, DuckDB) can load them; a number that is not defined (an empty split's loss, a
+    correlation of constant values) is written as null."""
+    return json.dumps(strict(obj), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | Path, obj) -> Path:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.write_text(dumps(obj, indent=2))
     os.replace(tmp, path)
     return path
 
@@ -33,7 +57,7 @@ def write_jsonl(path: str | Path, records: list[dict]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
+    tmp.write_text("".join(dumps(r) + "\n" for r in records))
     os.replace(tmp, path)
     return path
 
@@ -43,7 +67,7 @@ def append_jsonl(path: str | Path, record: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        f.write(json.dumps(record, default=str) + "\n")
+        f.write(dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
 

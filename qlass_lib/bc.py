@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import prompts
+from .artifacts import dumps
 from .expert import to_messages
 from .models import autocast, model_device
 
@@ -142,7 +143,7 @@ def _save_ckpt(model, opt, state: dict, ckpt: Path) -> None:
                 meta[f"{pid}.{k}"] = v
     save_file(tensors, str(ckpt / "optimizer.safetensors"))
     tmp = ckpt / "trainer_state.json.tmp"
-    tmp.write_text(json.dumps({**state, "optimizer_meta": meta, "param_groups": osd["param_groups"]}))
+    tmp.write_text(dumps({**state, "optimizer_meta": meta, "param_groups": osd["param_groups"]}))
     tmp.replace(ckpt / "trainer_state.json")
 
 

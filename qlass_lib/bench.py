@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .artifacts import write_json
+
 
 def _states(run_dir: Path, env_name: str, limit: int) -> list[list[dict]]:
     from . import prompts
@@ -134,7 +136,7 @@ def bench(run_dir: str | Path, n_states: int = 60, m: int = 4, seed: int = 0, se
         out.update(search_wall(ctx, search_tasks))
     d = run_dir / "bench"
     d.mkdir(exist_ok=True)
-    (d / "bench.json").write_text(json.dumps(out, indent=1))
+    write_json(d / "bench.json", out)
     return out
 
 

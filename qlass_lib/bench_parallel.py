@@ -14,12 +14,13 @@ machine's; the ratios are the point.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from .artifacts import write_json
 
 
 def _gen_rate(policy, states, m: int, sampling, seed: int) -> tuple[float, int]:
@@ -97,7 +98,7 @@ def bench_parallel(run_dir: str | Path, n_states: int = 40, m: int = 4, tasks: i
         server.stop()
     d = run_dir / "bench"
     d.mkdir(exist_ok=True)
-    (d / "parallel.json").write_text(json.dumps(out, indent=1))
+    write_json(d / "parallel.json", out)
     return out
 
 

@@ -15,7 +15,7 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from . import prompts
-from .artifacts import read_jsonl  # noqa: F401 (re-exported: tests and notebooks import it from here)
+from .artifacts import dumps, read_jsonl  # noqa: F401 (re-exported: tests and notebooks import it from here)
 from .envs import TaskRef, TextEnv
 
 SCHEMA_VERSION = 1
@@ -153,10 +153,10 @@ def generate_expert(env, tasks: Iterable[TaskRef], out_path: str | Path, thought
                     break
             if rec is None:
                 stats["failed"] += 1
-                ff.write(json.dumps({"id": task.id, "gold_steps": len(gold)}) + "\n")
+                ff.write(dumps({"id": task.id, "gold_steps": len(gold)}) + "\n")
                 ff.flush()
                 continue
-            f.write(json.dumps(rec) + "\n")
+            f.write(dumps(rec) + "\n")
             f.flush()
             stats["kept"] += 1
     return stats

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .artifacts import write_json
+
 SHAPES = {  # hidden, intermediate, layers, heads; "7b" is Llama-2-7B's shape (its vocabulary is the corpus's)
     "tiny": (64, 172, 2, 4),
     "1b": (2048, 5632, 22, 32),
@@ -57,7 +59,7 @@ class _Report:
         _sync(self.device)
         res.update(wall_s=round(time.perf_counter() - t0, 2), peak_gib=_peak_gib(self.device))
         self.data["sections"][name] = res
-        (self.out / "gpu_check.json").write_text(json.dumps(self.data, indent=1, default=str))
+        write_json(self.out / "gpu_check.json", self.data)
         print(f"[gpu-check] {name}: {'ok' if res['ok'] else res['error']} ({res['wall_s']} s)", flush=True)
         return res if res["ok"] else None
 

@@ -78,7 +78,7 @@ PRIOR_WEIGHTS = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 def prior_weight_sweep(model, tokenizer, data_dir: str | Path, q_pred, max_length: int,
                        weights=PRIOR_WEIGHTS, batch_size: int = 16, scored: tuple | None = None) -> pd.DataFrame:
     """Sibling accuracy on the validation trees of Q + w·log π for each w in ``weights``, and of log π alone
-    (``prior_weight`` inf): ``q_pred`` holds the q QNet's predictions, one per ``qnet_val.jsonl`` record;
+    (``scorer`` "log_pi", ``prior_weight`` inf; null in JSON): ``q_pred`` holds the q QNet's predictions, one per ``qnet_val.jsonl`` record;
     ``scored``: :func:`sibling_logprobs` of the validation split, when already computed."""
     from .qnet_metrics import evaluate_qnet
     rows, idx, lp = scored or sibling_logprobs(model, tokenizer, data_dir, "val", max_length, batch_size)
@@ -92,7 +92,8 @@ def prior_weight_sweep(model, tokenizer, data_dir: str | Path, q_pred, max_lengt
     for w, score in [*((w, q + w * lp) for w in weights), (float("inf"), lp)]:
         m = evaluate_qnet(score, exs) if idx else {"sibling_accuracy": float("nan"), "sibling_groups": 0,
                                                    "sibling_random_baseline": float("nan")}
-        out.append({"prior_weight": w, "val_sibling_accuracy": m["sibling_accuracy"],
+        out.append({"scorer": "log_pi" if np.isinf(w) else "q + w*log_pi", "prior_weight": w,
+                    "val_sibling_accuracy": m["sibling_accuracy"],
                     "sibling_random_baseline": m["sibling_random_baseline"], "sibling_groups": m["sibling_groups"]})
     return pd.DataFrame(out)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .artifacts import write_json
+from .artifacts import dumps, write_json
 from .tree import Tree
 
 SCHEMA_VERSION = 1
@@ -152,10 +152,10 @@ def export_dataset(trees: list[Tree], env_name: str, out_dir: str | Path, val_fr
                        "action_text": n.text or "", "targets": {"q": n.q_norm, "q_raw": n.q, "avg_reward": avg[n.id],
                                                                "outcome": outc[n.id]},
                        "degenerate_tree": bool(t.stats.get("degenerate"))}
-                files[split].write(json.dumps(rec) + "\n")
+                files[split].write(dumps(rec) + "\n")
                 counts[split] += 1
             for rec in path_records(t, env_name, example, avg, outc):
-                paths[split].write(json.dumps(rec) + "\n")
+                paths[split].write(dumps(rec) + "\n")
     finally:
         for f in list(files.values()) + list(paths.values()):
             f.close()

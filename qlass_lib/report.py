@@ -20,6 +20,11 @@ def _md(df: pd.DataFrame, digits: int = 2) -> str:
     return "\n".join(lines)
 
 
+def _num(x, spec: str = ".3f") -> str:
+    """``x`` formatted, or "n/a" where the artifact holds no number (JSON null: e.g. no validation split)."""
+    return "n/a" if x is None or x != x else format(x, spec)
+
+
 def summarize_run(run_dir: str | Path) -> str:
     rd = Path(run_dir)
     out = [f"# Run `{rd.name}`"]
@@ -49,7 +54,7 @@ def summarize_run(run_dir: str | Path) -> str:
         res, met = r1["train"], r1["metrics"]
         out += ["## Behavior cloning", f"parameters {met['parameters']:,}; trained {res['train_seconds']:.0f} s, "
                 f"{res['steps']} steps, {res['epochs']} epochs, stopped by {res['stopped']}; final train EMA loss "
-                f"{res['final_train_ema']:.3f}, validation loss {res['final_val_loss']:.3f}; "
+                f"{_num(res['final_train_ema'])}, validation loss {_num(res['final_val_loss'])}; "
                 f"{res['train_tasks']} expert trajectories; evaluated on the {met.get('split', '?')} split",
                 _md(r1["table"])]
     if "failures" in r1:

@@ -4,13 +4,15 @@ The runner is driven in-process with a fake stage executor (it writes small arti
 params and on the upstream stage's artifacts), so every case runs in milliseconds and is deterministic.
 """
 import json
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qlass_lib import pipeline
-from qlass_lib.artifacts import ArtifactError, append_jsonl, read_jsonl, repair_jsonl
+from qlass_lib.artifacts import ArtifactError, append_jsonl, read_json, read_jsonl, repair_jsonl, write_json, write_jsonl
 from qlass_lib.config import ConfigError
 from qlass_lib.context import STAGES
 from qlass_lib.runlock import RunLocked, RunnerLock, claim_for_kernel
@@ -372,3 +374,26 @@ def test_fewer_annotations_runs_one_series_per_expert_share(project):
     assert json.loads((dirs[1] / "params.json").read_text())["bc"]["expert_fraction"] == 0.5
     with pytest.raises(ConfigError, match="not in"):
         annotations.run_fractions(str(p), [0.0], root=root, execute=ex, log=lambda m: None)
+
+
+def _strict_loads(text: str):
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_artifacts_are_strict_json_with_undefined_numbers_as_null(tmp_path):
+    """NaN and ±inf are not JSON (RFC 8259): artifacts write them as null, and NumPy values as plain numbers."""
+    rec = {"loss": float("nan"), "w": float("inf"), "neg": -math.inf, "np_nan": np.float32("nan"), "ok": 0.25,
+           "n": np.int64(7), "flag": np.bool_(True), "arr": np.array([1.5, np.nan]), "pair": (1, float("nan")),
+           "nested": [{"r2": np.float64("nan")}], "path": tmp_path / "x", np.int64(3): "numpy key"}
+    want = {"loss": None, "w": None, "neg": None, "np_nan": None, "ok": 0.25, "n": 7, "flag": True,
+            "arr": [1.5, None], "pair": [1, None], "nested": [{"r2": None}], "path": str(tmp_path / "x"), "3": "numpy key"}
+    write_json(tmp_path / "a.json", rec)
+    write_jsonl(tmp_path / "b.jsonl", [rec])
+    append_jsonl(tmp_path / "c.jsonl", rec)
+    assert _strict_loads((tmp_path / "a.json").read_text()) == want == read_json(tmp_path / "a.json")
+    for name in ("b.jsonl", "c.jsonl"):
+        lines = (tmp_path / name).read_text().splitlines()
+        assert len(lines) == 1 and _strict_loads(lines[0]) == want == read_jsonl(tmp_path / name)[0]
+    assert type(read_json(tmp_path / "a.json")["n"]) is int  # not the string "7"

@@ -300,3 +300,22 @@ def test_alfworld_series_runs_through_the_runner():
     assert failures[-1]["task_type"] == "all" and sum(int(failures[-1][s]) for s in STEPS) == len(episodes)
     wins = sum(json.loads(e)["success"] for e in episodes)
     assert int(failures[-1]["won"]) == wins
+
+
+@pytest.mark.smoke
+def test_every_json_artifact_of_the_run_is_strict_json(smoke_run):
+    """Any JSON reader can load the run (NaN/Infinity are not JSON); the log-pi-only row of the prior sweep says
+    so by name, its infinite weight being null."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    files = [p for p in RUN.rglob("*") if p.suffix in (".json", ".jsonl") and p.is_file()]
+    assert len(files) > 20
+    for p in files:
+        text = p.read_text()
+        for chunk in (text.splitlines() if p.suffix == ".jsonl" else [text]):
+            try:
+                json.loads(chunk, parse_constant=refuse)
+            except ValueError as exc:
+                raise AssertionError(f"{p.relative_to(RUN)}: {exc}") from None
+    sweep = json.loads((RUN / "04_qnet_training" / "qnet_metrics.json").read_text())["prior_sweep"]
+    assert [r["scorer"] for r in sweep] == ["q + w*log_pi"] * 8 + ["log_pi"] and sweep[-1]["prior_weight"] is None
