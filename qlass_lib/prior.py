@@ -78,8 +78,9 @@ PRIOR_WEIGHTS = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 def prior_weight_sweep(model, tokenizer, data_dir: str | Path, q_pred, max_length: int,
                        weights=PRIOR_WEIGHTS, batch_size: int = 16, scored: tuple | None = None) -> pd.DataFrame:
     """Sibling accuracy on the validation trees of Q + w·log π for each w in ``weights``, and of log π alone
-    (``scorer`` "log_pi", ``prior_weight`` inf; null in JSON): ``q_pred`` holds the q QNet's predictions, one per ``qnet_val.jsonl`` record;
-    ``scored``: :func:`sibling_logprobs` of the validation split, when already computed."""
+    (``scorer`` "log_pi", ``prior_weight`` inf; null in JSON): ``q_pred`` holds the q QNet's predictions, one
+    per ``qnet_val.jsonl`` record; ``scored``: :func:`sibling_logprobs` of the validation split, when already
+    computed."""
     from .qnet_metrics import evaluate_qnet
     rows, idx, lp = scored or sibling_logprobs(model, tokenizer, data_dir, "val", max_length, batch_size)
     if len(q_pred) != len(rows):

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from qlass_lib import pipeline
-from qlass_lib.artifacts import ArtifactError, append_jsonl, read_json, read_jsonl, repair_jsonl, write_json, write_jsonl
+from qlass_lib.artifacts import (ArtifactError, append_jsonl, read_json, read_jsonl, repair_jsonl, write_json,
+                                 write_jsonl)
 from qlass_lib.config import ConfigError
 from qlass_lib.context import STAGES
 from qlass_lib.runlock import RunLocked, RunnerLock, claim_for_kernel
@@ -388,7 +389,8 @@ def test_artifacts_are_strict_json_with_undefined_numbers_as_null(tmp_path):
            "n": np.int64(7), "flag": np.bool_(True), "arr": np.array([1.5, np.nan]), "pair": (1, float("nan")),
            "nested": [{"r2": np.float64("nan")}], "path": tmp_path / "x", np.int64(3): "numpy key"}
     want = {"loss": None, "w": None, "neg": None, "np_nan": None, "ok": 0.25, "n": 7, "flag": True,
-            "arr": [1.5, None], "pair": [1, None], "nested": [{"r2": None}], "path": str(tmp_path / "x"), "3": "numpy key"}
+            "arr": [1.5, None], "pair": [1, None], "nested": [{"r2": None}], "path": str(tmp_path / "x"),
+            "3": "numpy key"}
     write_json(tmp_path / "a.json", rec)
     write_jsonl(tmp_path / "b.jsonl", [rec])
     append_jsonl(tmp_path / "c.jsonl", rec)
