@@ -25,7 +25,8 @@ _EPILOG = """examples:
   python -m qlass_lib inspect runs/default
   python -m qlass_lib lookahead runs/default --split dev --per-type 15 --m 2
   python -m qlass_lib gpu-check runs/default --out runs/gpu-check --shape 7b   # on a CUDA machine
-  python -m qlass_lib annotations params/default.yaml --fractions 1 0.5 0.25"""
+  python -m qlass_lib annotations params/default.yaml --fractions 1 0.5 0.25
+  python -m qlass_lib expert-survey params/alfworld.yaml --set env.alfworld_expert=planner --per-type 10"""
 
 
 def parse_set(items: list[str]) -> dict:
@@ -138,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="shares of the expert trajectories BC trains on (1 = the ordinary run)")
     an.add_argument("--set", dest="sets", action="append", default=[], help="override a key, as for run")
     an.add_argument("--reuse", action="store_true", help="as for run: keep complete stages whose code changed")
+    es = sub.add_parser("expert-survey", help="the env's expert on a seeded sample of a split: wins, steps and "
+                        "seconds per game, per task type")
+    es.add_argument("params", help="params file whose env section (and expert) is surveyed")
+    es.add_argument("--split", default="train", help="task split (default train)")
+    es.add_argument("--per-type", type=int, default=10, help="games per task type, drawn with --seed")
+    es.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    es.add_argument("--repeats", type=int, default=1, help="runs of the expert per game (2+ checks determinism)")
+    es.add_argument("--out", default=None, help="output folder (default runs/<run_id>-expert-survey-<split>)")
+    es.add_argument("--set", dest="sets", action="append", default=[], help="override a key, as for run")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "annotations":
@@ -159,6 +169,19 @@ def main(argv: list[str] | None = None) -> int:
             res = lookahead.diagnose(args.run_dir, args.split, args.per_type, args.m, args.seeds,
                                      tuple(args.rankers or lookahead.RANKERS))
             print(lookahead.markdown(res))
+            print(f"wrote {res['out']}")
+            return 0
+        if args.cmd == "expert-survey":
+            from . import expert_survey
+            from .context import project_root
+            from .pipeline import load_run_config
+            if args.per_type < 1 or args.repeats < 1:
+                raise ConfigError("--per-type and --repeats must be at least 1")
+            out = args.out or (project_root() / "runs" / f"{load_run_config(args.params, parse_set(args.sets))[0].run_id}"
+                                                           f"-expert-survey-{args.split}")
+            res = expert_survey.survey(args.params, out, args.split, args.per_type, args.seed, args.repeats,
+                                       parse_set(args.sets))
+            print(expert_survey.markdown(res["table"]))
             print(f"wrote {res['out']}")
             return 0
         if args.cmd == "gpu-check":

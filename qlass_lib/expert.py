@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from . import prompts
 from .artifacts import dumps, read_jsonl  # noqa: F401 (re-exported: tests and notebooks import it from here)
-from .envs import TaskRef, TextEnv
+from .envs import EnvError, TaskRef, TextEnv
 
 SCHEMA_VERSION = 1
 _MOVE = re.compile(r"^(go to|teleport to) ", re.IGNORECASE)
@@ -139,7 +139,13 @@ def generate_expert(env, tasks: Iterable[TaskRef], out_path: str | Path, thought
     look = getattr(env, "arrival_look", None) if look_on_arrival else None
     with out_path.open("a") as f, failed_path.open("a") as ff:
         for task in tqdm(tasks, desc="expert trajectories"):
-            gold = env.gold_actions(task)
+            try:
+                gold = env.gold_actions(task)
+            except EnvError as exc:  # e.g. ALFWorld's planner past its time limit: a failed expert game
+                stats["failed"] += 1
+                ff.write(dumps({"id": task.id, "gold_steps": None, "error": str(exc)[:500]}) + "\n")
+                ff.flush()
+                continue
             candidates = ([with_looks(gold, look)] if look else []) + [gold]
             if teleport:
                 short = teleport_moves(gold)

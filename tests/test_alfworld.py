@@ -153,26 +153,22 @@ def test_planner_expert_wins_one_game_per_type_the_same_way_twice(alf, planner_r
         assert "look around" not in acts  # ScienceWorld's look-on-arrival is not an ALFWorld command
 
 
-def test_handcoded_expert_stays_available(tmp_path):
-    """The handcoded expert is an option (it explores, but its choices vary between runs, so no win count is
-    asserted): its plan on a game is a list of admissible commands that replays deterministically."""
+def test_only_deterministic_experts_are_offered():
+    """ALFWorld's handcoded expert (its choices vary between runs) is not an option: the env and the params
+    refuse it, each with one error naming the choices."""
     pytest.importorskip("textworld")
     pytest.importorskip("alfworld")
     if not DATA.is_dir():
         pytest.skip("shared ALFWorld data not present")
-    from qlass_lib.envs import check_env
-    from qlass_lib.envs.alfworld import ALFWorldEnv
-    env = ALFWorldEnv(str(DATA), max_turns=12, expert="handcoded")
-    try:
-        task = env.tasks("dev")[0]
-        acts = env.gold_actions(task)[:12]
-        assert acts and all(isinstance(a, str) and a for a in acts)
-        report = check_env(env, task, acts)
-        assert report["deterministic"] and 1 <= report["steps"] <= len(acts)
-        with pytest.raises(EnvError, match="unknown ALFWorld expert"):
-            ALFWorldEnv(str(DATA), expert="oracle")
-    finally:
-        env.close()
+    from qlass_lib.config import ConfigError
+    from qlass_lib.envs.alfworld import EXPERTS, ALFWorldEnv
+    from qlass_lib.pipeline import load_run_config
+    assert EXPERTS == ("planner", "searcher")
+    for bad in ("handcoded", "oracle"):
+        with pytest.raises(EnvError, match=f"unknown ALFWorld expert '{bad}'.*planner.*searcher"):
+            ALFWorldEnv(str(DATA), expert=bad)
+    with pytest.raises(ConfigError, match="alfworld_expert"):
+        load_run_config(Path(__file__).resolve().parents[1] / "params" / "alfworld-smoke.yaml", {"env.alfworld_expert": "handcoded"})
 
 
 def test_searcher_expert_searches_then_lets_the_planner_finish(tmp_path):

@@ -21,7 +21,8 @@ def make_env(env_cfg, max_turns: int | None = None) -> TextEnv:
     if env_cfg.name == "alfworld":
         from .alfworld import ALFWorldEnv
         return ALFWorldEnv(env_cfg.data_dir, env_cfg.task_types, max_turns=turns, cache_dir=env_cfg.cache_dir,
-                           expert=env_cfg.alfworld_expert, order=env_cfg.alfworld_order)
+                           expert=env_cfg.alfworld_expert, order=env_cfg.alfworld_order,
+                           expert_max_seconds=env_cfg.alfworld_expert_max_seconds)
     if env_cfg.name == "scripted":
         from .scripted import ScriptedEnv
         return ScriptedEnv(max_turns=turns)
