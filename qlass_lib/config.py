@@ -19,9 +19,6 @@ import yaml
 
 from .typed_config import ConfigError, build, deep_merge, doc
 
-__all__ = ["ConfigError", "RunConfig", "config_hash", "cross_check", "deep_merge", "doc", "field_docs",
-           "load_config", "to_dict"]
-
 
 @dataclass
 class EnvConfig:
