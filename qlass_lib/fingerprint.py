@@ -22,7 +22,7 @@ STAGE_SECTIONS = {"01": ["seed", "env", "expert", "model", "bc"], "02": ["tree"]
 # on a finished run is not a params change (a server backend reproduces the in-process tokens; tests check it)
 EXECUTION_SECTIONS = ("generation", "executor")
 # packages whose versions can change numbers (a new version reruns the stages)
-NUMERIC_PACKAGES = ("torch", "transformers", "tokenizers", "peft", "bitsandbytes", "scienceworld", "numpy")
+NUMERIC_PACKAGES = ("torch", "transformers", "tokenizers", "peft", "bitsandbytes", "scienceworld", "numpy", "gguf")
 
 
 def source_hash(root: Path) -> str:

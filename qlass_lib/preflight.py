@@ -91,8 +91,14 @@ def check_data(cfg: RunConfig, root: Path) -> None:
 
 def check_model(cfg: RunConfig, root: Path, timeout: float = 10.0) -> None:
     m = cfg.model.model_name_or_path
+    from .packaged import PackagedModelError, gguf_file, is_packaged
     if m == "embedded-tiny":
         pass
+    elif is_packaged(m):
+        try:
+            gguf_file(m)
+        except PackagedModelError as exc:
+            raise ConfigError(f"model.model_name_or_path: {exc}") from None
     elif looks_like_path(m, root):
         if not resolve_path(m, root).exists():
             raise ConfigError(f"model.model_name_or_path: model path not found: {resolve_path(m, root)}")

