@@ -27,8 +27,9 @@ overrides = {}  # nested params overrides, for example {"bc": {"max_minutes": 1.
 
 # %%
 import pandas as pd
-from IPython.display import Image, display
+from IPython.display import Image, Markdown, display
 from qlass_lib.context import RunContext
+from qlass_lib.cost import markdown as cost_markdown
 from qlass_lib.stages import guided_search as stage
 
 ctx = RunContext.open(params_path, run_dir, overrides)
@@ -59,6 +60,12 @@ display(res.diversity.round(3))
 # %%
 display(pd.DataFrame(res.ratios).T)
 Image(res.figures["budget_curves"])
+
+# %% [markdown]
+# ## The whole cost: trees and QNet training up front, search per task, and when QLASS repays its up-front cost
+
+# %%
+display(Markdown(cost_markdown(res.cost)))
 
 # %% [markdown]
 # ## Case study: first-step candidates and their Q

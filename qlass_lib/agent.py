@@ -57,6 +57,7 @@ class Policy:
             self.prefix.reset()  # the model was being trained since the last call: cached keys may be stale
         model.eval()
         ctx = budget.timing("gen") if budget is not None else _null()
+        computed = self.prefix.computed_tokens
         with ctx, autocast(self.model_cfg, device):
             if getattr(self.model_cfg, "kv_cache", False) and len(ids) > 1:
                 cache = self.prefix.get(ids[:-1], self._extend)
@@ -64,11 +65,15 @@ class Policy:
                     cache.batch_repeat_interleave(rows)
                 input_ids = torch.tensor([ids] * rows, device=device)
                 kwargs.update({cache_kwarg(model): cache, "num_return_sequences": 1})
+                prompt_tokens = self.prefix.computed_tokens - computed + rows  # new prefix + each row's last token
             else:
                 input_ids = torch.tensor([ids], device=device)
                 kwargs.update(num_return_sequences=rows)
+                prompt_tokens = len(ids) * rows  # generate expands the prompt to every returned row
             kwargs["attention_mask"] = torch.ones_like(input_ids)
             out = model.generate(input_ids, return_dict_in_generate=True, output_logits=True, **kwargs)
+        if budget is not None:
+            budget.add_prompt(prompt_tokens)
         return self._candidates(out, input_ids.shape[1], budget)
 
     def _extend(self, new_ids: list[int], cache, start: int):
@@ -97,6 +102,8 @@ class Policy:
                                  temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                  max_new_tokens=sampling.max_new_tokens, eos_token_id=tok.eos_token_id,
                                  pad_token_id=tok.pad_token_id, return_dict_in_generate=True, output_logits=True)
+        if budget is not None:
+            budget.add_prompt(int(att.sum()))
         return self._candidates(out, n, budget)
 
     def _candidates(self, out, n_prompt: int, budget: Budget | None) -> list[Candidate]:

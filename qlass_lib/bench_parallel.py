@@ -42,14 +42,14 @@ def bench_parallel(run_dir: str | Path, n_states: int = 40, m: int = 4, tasks: i
     from .envs import make_env
     from .executor import RayExecutor, WorkerSpec, local
     from .generation import make_policy
-    from .server import start_vllm
+    from .server import servable, start_vllm
     from .tree import build_trees, tree_tasks
     run_dir = Path(run_dir)
     policy_dir = run_dir / STAGES["01"] / "policy"
     cfg0 = load_config(run_dir / "params.json")
     states = _states(run_dir, cfg0.env.name, n_states)
     out: dict = {"schema_version": 1, "run": str(run_dir), "states": len(states), "m": m}
-    server = start_vllm(policy_dir, run_dir / "bench" / "vllm.log", max_model_len=cfg0.bc.max_length,
+    server = start_vllm(servable(policy_dir), run_dir / "bench" / "vllm.log", max_model_len=cfg0.bc.max_length,
                         name="policy", seed=seed)
     try:
         cfg = load_config(run_dir / "params.json", {"generation": {"backend": "openai", "base_url": server.base_url,

@@ -63,11 +63,11 @@ def _serve(run_dir: Path, port: int) -> int:
     import json
     import time
 
-    from .server import start_vllm
+    from .server import servable, start_vllm
     max_len = json.loads((run_dir / "params.json").read_text())["bc"]["max_length"]
-    print(f"starting vLLM on {run_dir / '01_behavior_cloning' / 'policy'} (log: {run_dir / 'vllm.log'}) ...")
-    server = start_vllm(run_dir / "01_behavior_cloning" / "policy", run_dir / "vllm.log", max_model_len=max_len,
-                        port=port, name="policy")
+    model_dir = servable(run_dir / "01_behavior_cloning" / "policy")
+    print(f"starting vLLM on {model_dir} (log: {run_dir / 'vllm.log'}) ...")
+    server = start_vllm(model_dir, run_dir / "vllm.log", max_model_len=max_len, port=port, name="policy")
     print(f"serving at {server.base_url}; use it with\n  --set generation.backend=openai "
           f"--set generation.base_url={server.base_url}\nCtrl-C stops the server.")
     try:

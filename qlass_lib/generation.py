@@ -118,6 +118,8 @@ class ServerPolicy:
             out.append(self._candidate(ch))
             counted += out[-1].tokens
         usage = getattr(resp, "usage", None)
+        if usage is not None and budget is not None:
+            budget.add_prompt(usage.prompt_tokens or 0)  # as the server counts them (its prefix cache aside)
         if usage is not None and usage.completion_tokens != counted:
             self.stats["token_mismatches"] += 1
             out[0].tokens = max(0, out[0].tokens + usage.completion_tokens - counted)  # the server's count wins

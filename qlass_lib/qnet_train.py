@@ -208,11 +208,16 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
     t0 = time.perf_counter()
     # a frozen backbone with the last-token loss: features once, then the head trains on them (fast)
     cached = cfg.backbone_lr_scale == 0 and cfg.loss == "last_token" and bool(train)
+    # tokens run through the backbone (forward) and back through it (backward), for the run's cost accounting
+    tokens = {"forward_tokens": 0, "backward_tokens": 0}
+    watch_tokens = sum(len(e["ids"]) for e in watch)
     if cached:
         feats, ys, rows = last_token_features(qnet, train, cfg.batch_size)
+        tokens["forward_tokens"] += sum(len(e["ids"]) for e in train)
         if watch:  # features come in length order: put them back in the order of the watched examples
             wf, _, w_rows = last_token_features(qnet, watch, cfg.batch_size)
             watch_feats = wf[[r[-1] for r in w_rows]]
+            tokens["forward_tokens"] += watch_tokens
 
     def check(step: int) -> list[dict]:
         """Score the watched validation examples; keep the best checkpoint; the history entry (none without
@@ -225,6 +230,7 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
                 pred = qnet.head(watch_feats).squeeze(-1).cpu().numpy()
         else:
             pred = predict(qnet, watch, cfg.batch_size)
+            tokens["forward_tokens"] += watch_tokens
         m = evaluate_qnet(pred, watch)
         rec = {"step": step, "val_mse": m["mse"], "val_sibling_accuracy": m["sibling_accuracy"],
                "val_spearman": m["spearman"], "val_scored": len(watch), "elapsed_s": time.perf_counter() - t0}
@@ -252,6 +258,9 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
             mse = ((v_last - y_last) ** 2).mean()
         else:
             batch = _batch([train[j] for j in b], qnet.tokenizer.pad_token_id, device)
+            n = int(batch["attention_mask"].sum())
+            tokens["forward_tokens"] += n
+            tokens["backward_tokens"] += n if backbone and cfg.backbone_lr_scale > 0 else 0
             v = qnet.forward(batch["input_ids"], batch["attention_mask"], batch["action_mask"])
             mse = qnet.loss(batch, cfg.loss, values=v)
             if rank:  # the labeled actions' last tokens, row by row: the order of segment_keys
@@ -280,7 +289,7 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
     qnet.eval()
     return {"history": state.history, "steps": state.step, "stopped": state.stopped,
             "train_seconds": time.perf_counter() - t0, "train_examples": len(train), "val_examples": len(val),
-            "selected_step": best_step if best else state.step, "select": cfg.select}
+            "selected_step": best_step if best else state.step, "select": cfg.select, **tokens}
 
 
 def _chunks(idx: list[int], batch_size: int) -> list[list[int]]:

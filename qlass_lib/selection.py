@@ -66,6 +66,7 @@ def task_scores(episodes: list[dict], values: dict[tuple, float] | None = None) 
                "oracle": oracle["reward"], "oracle_success": float(oracle["success"]),
                "gen_tokens": sum(e["budget"]["gen_tokens"] for e in eps),
                "qnet_tokens": sum(e["budget"]["qnet_tokens"] for e in eps),
+               "prompt_tokens": sum(e["budget"].get("prompt_tokens", 0) for e in eps),
                "env_steps": sum(e["budget"]["env_steps"] for e in eps),
                "wall_s": sum(e["budget"]["wall_s"] for e in eps)}
         if values is not None:
@@ -86,7 +87,7 @@ def results_table(scores: pd.DataFrame) -> pd.DataFrame:
                 r[f"reward_x100_{name}"] = 100 * g[sel].mean()
                 r[f"success_pct_{name}"] = 100 * g[f"{sel}_success"].mean()
         r.update(gen_tokens_per_task=g.gen_tokens.mean(), qnet_tokens_per_task=g.qnet_tokens.mean(),
-                 env_steps_per_task=g.env_steps.mean(), wall_s_per_task=g.wall_s.mean())
+                 prompt_tokens_per_task=g.prompt_tokens.mean(), env_steps_per_task=g.env_steps.mean(), wall_s_per_task=g.wall_s.mean())
         rows.append(r)
     return pd.DataFrame(rows)
 

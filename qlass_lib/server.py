@@ -53,6 +53,30 @@ class Server:
                 self.process.wait(timeout)
 
 
+def servable(policy_dir: str | Path) -> Path:
+    """A folder vLLM can serve for the policy saved at ``policy_dir``: the folder itself when it holds a full model,
+    or, for a LoRA adapter (the pretrained default), the adapter merged into its base, written once beside it as
+    ``<policy_dir>_merged`` (fp32 safetensors + tokenizer)."""
+    from .models import is_adapter_dir
+    policy_dir = Path(policy_dir)
+    if not is_adapter_dir(policy_dir):
+        return policy_dir
+    out = policy_dir.with_name(policy_dir.name + "_merged")
+    mark = out / "qlass_merged.json"
+    if mark.is_file() and json.loads(mark.read_text()).get("adapter_mtime_ns") == \
+            (policy_dir / "adapter_model.safetensors").stat().st_mtime_ns:
+        return out
+    from .config import ModelConfig
+    from .models import load_policy
+    model, tok = load_policy(policy_dir, ModelConfig(device="cpu", bf16=False))
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out)
+    tok.save_pretrained(out)
+    mark.write_text(json.dumps({"adapter": str(policy_dir),
+                                "adapter_mtime_ns": (policy_dir / "adapter_model.safetensors").stat().st_mtime_ns}))
+    return out
+
+
 def start_vllm(model_dir: str | Path, log_path: str | Path, max_model_len: int = 1024, port: int | None = None,
                name: str = "policy", kv_cache_gb: int = 1, seed: int = 0, startup_timeout: float = 600,
                python: str | Path | None = None, extra_args: list[str] | None = None,

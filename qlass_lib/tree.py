@@ -166,7 +166,8 @@ class TreeBuilder:
                      nonzero_leaves=sum(1 for n in tree.leaves() if n.score > 0),
                      nonzero_policy_leaves=sum(1 for n in tree.leaves() if n.score > 0 and n.source == "policy"),
                      env_steps=snap["env_steps"], env_errors=self.env.exceptions - errors0,
-                     gen_tokens=snap["gen_tokens"], gen_s=snap["gen_s"], env_s=snap["env_s"],
+                     gen_tokens=snap["gen_tokens"], prompt_tokens=snap["prompt_tokens"], gen_s=snap["gen_s"],
+                     env_s=snap["env_s"],
                      wall_s=time.perf_counter() - t0)
         tree.stats = stats
         return tree
@@ -269,7 +270,7 @@ def stats_frame(records: list[dict]):
                      "nonzero_policy_leaves": s.get("nonzero_policy_leaves", 0),
                      "env_steps": s["env_steps"], "replay_steps": s["replay_steps"],
                      "replay_mismatches": s["replay_mismatches"], "env_errors": s.get("env_errors", 0),
-                     "gen_tokens": s["gen_tokens"],
+                     "gen_tokens": s["gen_tokens"], "prompt_tokens": s.get("prompt_tokens", 0),
                      "gen_s": s["gen_s"], "env_s": s["env_s"], "wall_s": s["wall_s"]})
     return pd.DataFrame(rows)
 

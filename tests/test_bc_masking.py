@@ -1,3 +1,5 @@
+import pytest
+
 from qlass_lib import bc, prompts
 from qlass_lib.expert import to_conversations
 
@@ -180,3 +182,28 @@ def test_a_copy_phase_stopped_by_the_clock_is_named_as_a_guard_hit(tmp_path):
     (tmp_path / "a" / "pretrain_result.json").write_text(json.dumps({"stopped": "steps", "copy_phase": {"stopped": "time"}}))
     (tmp_path / "bc_result.json").write_text(json.dumps({"stopped": "steps", "copy_phase": {"stopped": "target_accuracy"}}))
     assert guard_hits(tmp_path) == ["a/pretrain_result.json"]
+
+
+def test_loss_on_supervised_positions_equals_full_logits_cross_entropy(tiny_tok):
+    """The output layer runs only where a supervised token is predicted; loss and gradients are those of the
+    cross-entropy over every position's logits with the others ignored (two padded examples, LoRA on)."""
+    import torch
+    from qlass_lib.config import ModelConfig
+    from qlass_lib.models import load_model
+    tok, path = tiny_tok
+    cfg = ModelConfig(bf16=False, device="cpu", lora_r=4, lora_alpha=8)
+    torch.manual_seed(0)
+    model = load_model(str(path), cfg, train=True)
+    model.eval()  # no dropout: both passes see the same function
+    recs = [{"id": f"a_{k}", "conversations": to_conversations(_conv(k))} for k in (1, 3)]
+    batch = bc.collate(bc.build_examples(tok, recs, 4096), tok.pad_token_id, torch.device("cpu"))
+    loss, n = bc.action_loss(model, batch, cfg)
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad] if loss.backward() is None else None
+    model.zero_grad()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+                                             ignore_index=bc.IGNORE, reduction="sum") / n
+    full.backward()
+    assert float(loss) == pytest.approx(float(full), rel=1e-5)
+    for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]):
+        assert torch.allclose(g, p.grad, atol=1e-6)

@@ -107,3 +107,27 @@ def test_cpu_bf16_needs_the_instructions_not_only_onednn(monkeypatch):
                         (None, True)):
         monkeypatch.setattr(models, "cpu_bf16_instructions", lambda f=flags: f)
         assert models.native_bf16(cpu) is want
+
+
+def test_a_lora_policy_is_merged_once_into_a_servable_folder(tiny_tok, tmp_path):
+    """vLLM serves full models: a LoRA policy is merged into its base beside it, with the same logits."""
+    from qlass_lib.server import servable
+    tok, path = tiny_tok
+    cfg = ModelConfig(device="cpu", bf16=False, lora_r=4, lora_alpha=8)
+    torch.manual_seed(0)
+    policy = models.load_model(str(path), cfg, train=True)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    pdir = models.save_policy(policy, tok, tmp_path / "policy", str(path))
+    assert servable(path) == path  # a full model is served as it is
+    merged = servable(pdir)
+    assert merged == tmp_path / "policy_merged" and (merged / "config.json").is_file()
+    stamp = (merged / "model.safetensors").stat().st_mtime_ns
+    assert servable(pdir) == merged and (merged / "model.safetensors").stat().st_mtime_ns == stamp  # once
+    x = torch.tensor([tok("Action: look around")["input_ids"]])
+    adapter, _ = models.load_policy(pdir, ModelConfig(device="cpu", bf16=False))
+    full = models.load_model(str(merged), ModelConfig(device="cpu", bf16=False))
+    with torch.no_grad():
+        assert torch.allclose(adapter(x).logits, full(x).logits, atol=1e-4)

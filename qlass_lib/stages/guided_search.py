@@ -4,7 +4,7 @@ three selections (first / QNet-selected / oracle), paired differences with boots
 
 Artifacts (``runs/<id>/05_guided_search/``): ``search_episodes.jsonl``, ``selection_values.jsonl``,
 ``task_scores.csv``, ``results.csv``, ``comparisons.csv``, ``candidate_diversity.csv``, ``budget_curves.csv``,
-``budget_curves.png``, ``budget_ratio.json``, ``case_study.csv``, ``ablation_episodes.jsonl``, ``ablation.csv``,
+``budget_curves.png``, ``budget_ratio.json``, ``total_cost.json`` (:mod:`qlass_lib.cost`), ``case_study.csv``, ``ablation_episodes.jsonl``, ``ablation.csv``,
 ``ablation_comparisons.csv``, ``search_summary.json``.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ class SearchResult:
     ablation: pd.DataFrame
     ablation_comparisons: pd.DataFrame
     figures: dict = field(default_factory=dict)
+    cost: dict = field(default_factory=dict)  # total_cost.json: trees, QNet training and search, break-even
 
 
 def budget_figure(curves: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path:
@@ -84,6 +85,7 @@ def run(ctx) -> SearchResult:
     from .. import search, selection, stats
     from ..artifacts import write_json
     from ..context import STAGES
+    from ..cost import total_cost
     from ..envs import eval_tasks, make_env, per_type
     from ..evaluation import check_env_errors
     from ..executor import make_executor
@@ -122,6 +124,8 @@ def run(ctx) -> SearchResult:
         figures = {"budget_curves": budget_figure(curves, table, out / "budget_curves.png")}
         ratios = budget_ratios(curves, methods)
         write_json(out / "budget_ratio.json", ratios)
+        cost = total_cost(ctx.run_dir, table, ratios)
+        write_json(out / "total_cost.json", cost)
         case = search.case_study(episodes, f"QLASS-M{max(s.m_candidates)}", s.case_study_tasks)
         case.to_csv(out / "case_study.csv", index=False)
         abl, abl_cmp = ablation(runner, tasks, ctx, out)
@@ -135,7 +139,7 @@ def run(ctx) -> SearchResult:
         "ablation": abl.to_dict("records"), "ablation_comparisons": abl_cmp.to_dict("records"),
         "env_errors": env_errors})
     return SearchResult(out, desc, para, episodes, env_errors, table, comparisons, diversity, curves, ratios, case,
-                        abl, abl_cmp, figures)
+                        abl, abl_cmp, figures, cost)
 
 
 def load(stage_dir: Path) -> dict:
@@ -146,7 +150,7 @@ def load(stage_dir: Path) -> dict:
                       ("ablation_comparisons", "ablation_comparisons.csv")):
         if (d / name).is_file():
             out[key] = pd.read_csv(d / name)
-    for key, name in (("ratios", "budget_ratio.json"), ("summary", "search_summary.json")):
+    for key, name in (("ratios", "budget_ratio.json"), ("summary", "search_summary.json"), ("cost", "total_cost.json")):
         if (d / name).is_file():
             out[key] = read_json(d / name)
     return out

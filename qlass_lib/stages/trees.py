@@ -44,7 +44,7 @@ def summarize(stats: pd.DataFrame, env_errors: dict) -> dict:
         "share_trees_with_nonzero_policy_leaf": (stats.nonzero_policy_leaves > 0).mean(),
         "env_steps": int(stats.env_steps.sum()), "replay_mismatches": int(stats.replay_mismatches.sum()),
         "trees_with_env_errors": env_errors["with_env_errors"],
-        "gen_tokens": int(stats.gen_tokens.sum()), "gen_s": stats.gen_s.sum(), "env_s": stats.env_s.sum(),
+        "gen_tokens": int(stats.gen_tokens.sum()), "prompt_tokens": int(stats.prompt_tokens.sum()), "gen_s": stats.gen_s.sum(), "env_s": stats.env_s.sum(),
         "wall_s": stats.wall_s.sum()}
 
 
