@@ -6,6 +6,8 @@ evaluation episodes in order, as search meets them, and times:
 - sampling M candidates ÷ sampling one, with the prefix KV cache (``model.kv_cache``) and without it;
 - QNet scoring of M candidates in one call ÷ scoring one candidate;
 - from stage 02's records, the environment's share of tree-building wall time;
+- generated tokens per second with 1 and M rows, and with ``train_steps`` > 0 the input tokens per second of BC
+  training steps (LoRA where the run uses it) on the run's expert data;
 - with ``search_tasks`` > 0, the search stage itself (greedy, Best-of-N, QLASS at every M, one seed) on that many
   held-out tasks, wall time per task with the KV cache and without it (the hot path before this change).
 
@@ -40,14 +42,43 @@ def _states(run_dir: Path, env_name: str, limit: int) -> list[list[dict]]:
     return out[:limit]
 
 
-def _time_policy(ctx, states, m: int, kv: bool, sampling, seed: int) -> tuple[float, list]:
+def _time_policy(ctx, states, m: int, kv: bool, sampling, seed: int) -> tuple[float, list, int]:
+    """(seconds, candidate texts per state, tokens generated) for ``m`` samples at every state."""
+    from .budget import Budget
     pol = ctx.policy()
     pol.model_cfg = dataclasses.replace(pol.model_cfg, kv_cache=kv)
     torch.manual_seed(seed)
-    t0, cands = time.perf_counter(), []
+    t0, cands, b = time.perf_counter(), [], Budget()
     for s in states:
-        cands.append([c.text for c in pol.propose(s, m, sampling)])
-    return time.perf_counter() - t0, cands
+        cands.append([c.text for c in pol.propose(s, m, sampling, b)])
+    return time.perf_counter() - t0, cands, b.gen_tokens
+
+
+def train_rate(ctx, steps: int = 2, seed: int = 0) -> dict:
+    """Input tokens per second of BC training steps (the run's model switches: LoRA, precision) on the run's
+    expert data, one batch of ``bc.batch_tokens`` per step, after one untimed step."""
+    import random
+
+    from . import bc
+    from .models import load_model, model_device
+    cfg = ctx.cfg
+    tok = ctx.policy().tokenizer
+    examples = bc.build_examples(tok, ctx.expert_records(), cfg.bc.max_length)
+    batches = bc.make_batches(examples, cfg.bc.batch_tokens, random.Random(seed))[:steps + 1]
+    torch.manual_seed(seed)
+    model = load_model(ctx.bc_base(), cfg.model, train=True)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    secs, tokens = 0.0, 0
+    for i, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        loss, _ = bc.action_loss(model, bc.collate(batch, tok.pad_token_id, model_device(model)), cfg.model)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if i:  # the first step warms up
+            secs += time.perf_counter() - t0
+            tokens += sum(len(e.input_ids) for e in batch)
+    return {"train_steps": max(0, len(batches) - 1), "train_tokens_per_s": tokens / secs if secs else None}
 
 
 def _time_qnet(qnet, states, cands, m: int) -> float:
@@ -102,7 +133,8 @@ def search_wall(ctx, n_tasks: int) -> dict:
     return out
 
 
-def bench(run_dir: str | Path, n_states: int = 60, m: int = 4, seed: int = 0, search_tasks: int = 0) -> dict:
+def bench(run_dir: str | Path, n_states: int = 60, m: int = 4, seed: int = 0, search_tasks: int = 0,
+          train_steps: int = 0) -> dict:
     from .context import STAGES, RunContext
     run_dir = Path(run_dir)
     ctx = RunContext.open(str(run_dir / "params.json"), run_dir=str(run_dir))
@@ -111,15 +143,16 @@ def bench(run_dir: str | Path, n_states: int = 60, m: int = 4, seed: int = 0, se
     if not states:
         raise FileNotFoundError(f"no evaluation episodes in {run_dir / STAGES['01']}: run stage 01 first")
     sampling = cfg.search.sampling
-    rows = {}
+    rows, gen = {}, {}
     for kv in (True, False):
         for n in (1, m):
-            secs, cands = _time_policy(ctx, states, n, kv, sampling, seed)
+            secs, cands, tokens = _time_policy(ctx, states, n, kv, sampling, seed)
             rows[f"sample_{n}_{'cache' if kv else 'nocache'}_s"] = secs
+            gen[f"gen_tokens_per_s_{n}_{'cache' if kv else 'nocache'}"] = tokens / secs
             if n == m and kv:
                 sampled = cands
-    out = {"schema_version": 1, "states": len(states), "m": m,
-           **{k: v / len(states) for k, v in rows.items()}}
+    out = {"schema_version": 2, "states": len(states), "m": m,
+           **{k: v / len(states) for k, v in rows.items()}, **gen}
     out["sample_m_over_1_cache"] = rows[f"sample_{m}_cache_s"] / rows["sample_1_cache_s"]
     out["sample_m_over_1_nocache"] = rows[f"sample_{m}_nocache_s"] / rows["sample_1_nocache_s"]
     out["cache_speedup_m"] = rows[f"sample_{m}_nocache_s"] / rows[f"sample_{m}_cache_s"]
@@ -132,6 +165,8 @@ def bench(run_dir: str | Path, n_states: int = 60, m: int = 4, seed: int = 0, se
         many = _time_qnet(q, states, sampled, m)
         out.update(qnet_1_s=one / len(states), qnet_m_s=many / len(states), qnet_m_over_1=many / one)
     out["tree"] = tree_env_share(run_dir)
+    if train_steps:
+        out.update(train_rate(ctx, train_steps, seed))
     if search_tasks and (qdir / "value_head.safetensors").is_file():
         out.update(search_wall(ctx, search_tasks))
     d = run_dir / "bench"
@@ -154,6 +189,10 @@ def markdown(b: dict) -> str:
         lines.append(f"| search stage wall per task ({b['search_tasks']} tasks), no cache ÷ cache | "
                      f"{b['search_s_per_task_nocache']:.1f} s ÷ {b['search_s_per_task_cache']:.1f} s = "
                      f"{b['search_nocache_over_cache']:.2f} |")
+    lines.append(f"| generated tokens/s, 1 / {m} rows, KV cache | {b['gen_tokens_per_s_1_cache']:.1f} / "
+                 f"{b[f'gen_tokens_per_s_{m}_cache']:.1f} |")
+    if b.get("train_tokens_per_s"):
+        lines.append(f"| BC training input tokens/s ({b['train_steps']} steps) | {b['train_tokens_per_s']:.0f} |")
     t = b.get("tree") or {}
     if t.get("env_share") is not None:
         lines.append(f"| env share of tree-building wall time (goal <= 0.2) | {t['env_share']:.2f} |")

@@ -91,6 +91,10 @@ def summarize_run(run_dir: str | Path) -> str:
         if "ratios" in r5:
             out += ["budget ratio (tokens QLASS needs to reach Best-of-N's best oracle reward / Best-of-N's tokens):",
                     _md(pd.DataFrame([{"method": k, **v} for k, v in r5["ratios"].items()]), 3)]
+        if "cost" in r5:
+            from .cost import markdown as cost_markdown
+            out += ["## The whole cost (forward-token equivalents: generated, prompt and scored tokens once, training "
+                    "tokens three times)", cost_markdown(r5["cost"])]
         if "ablation" in r5:
             out += ["## Process-reward ablation", _md(r5["ablation"])]
             if "ablation_comparisons" in r5:

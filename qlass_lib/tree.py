@@ -125,6 +125,20 @@ class TreeBuilder:
 
     # -- building ----------------------------------------------------------------------------------------
     def build(self, task: TaskRef, expert_actions: list[str] | None = None, seed: int = 0) -> Tree:
+        prefix = getattr(self.proposer, "prefix", None)  # the policy's KV prefix cache (in-process backend)
+        if prefix is None:
+            return self._build(task, expert_actions, seed)
+        # branches share the prompt above their fork: keep its keys across branch switches, from a cache emptied
+        # at the tree's start, so a tree's tokens do not depend on the trees built before it (resume = same tree)
+        prefix.reset()
+        prefix.branch_reuse = True
+        try:
+            return self._build(task, expert_actions, seed)
+        finally:
+            prefix.branch_reuse = False
+            prefix.reset()
+
+    def _build(self, task: TaskRef, expert_actions: list[str] | None, seed: int) -> Tree:
         torch.manual_seed(task_seed(seed, task))
         t0 = time.perf_counter()
         errors0 = self.env.exceptions

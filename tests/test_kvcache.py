@@ -109,3 +109,51 @@ def test_a_forward_without_cache_reads_no_deprecated_cache_name(model, caplog):
         out = m(input_ids=ids, use_cache=True)
         assert returned_cache(out) is not None
     assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+
+
+def test_branch_reuse_keeps_the_common_prefix_by_hand():
+    class Cache:  # a stand-in with transformers 5's crop (a negative int drops that many positions)
+        def __init__(self, ids):
+            self.ids = list(ids)
+
+        def get_seq_length(self):
+            return len(self.ids)
+
+        def crop(self, n):
+            if n > 0:
+                raise ValueError("positive")
+            self.ids = self.ids[:len(self.ids) + n]
+
+    calls = []
+
+    def extend(ids, cache, start):
+        calls.append((tuple(ids), start))
+        return Cache((cache.ids if cache else []) + list(ids))
+
+    pc = PrefixCache(branch_reuse=True)
+    pc.get([1, 2, 3, 4], extend)
+    assert pc.get([1, 2, 9, 9, 9], extend).ids == [1, 2, 9, 9, 9]  # keeps 1, 2
+    assert pc.get([1, 2, 9], extend).ids == [1, 2, 9]               # a shorter prompt: keeps 1, 2, computes 9
+    assert calls == [((1, 2, 3, 4), 0), ((9, 9, 9), 2), ((9,), 2)]
+    plain = PrefixCache()
+    plain.get([1, 2, 3], extend)
+    plain.get([1, 5], extend)
+    assert calls[-1] == ((1, 5), 0)  # off: a non-continuation starts from scratch
+
+
+def test_trees_with_branch_reuse_equal_trees_without_the_cache(model, tmp_path):
+    """Trees jump between branches: with the cache (and its branch reuse) every tree is the one built without any
+    cache, and the prompt tokens computed drop."""
+    from qlass_lib.config import TreeConfig
+    from qlass_lib.envs.scripted import ScriptedEnv
+    from qlass_lib.tree import TreeBuilder
+    env = ScriptedEnv()
+    cfg = TreeConfig(depth=2, width=2, max_rollouts=4, sampling=SamplingConfig(temperature=1.5, max_new_tokens=8))
+    out = {}
+    for kv in (False, True):
+        pol = _policy(model, kv)
+        trees = [TreeBuilder(env, pol, cfg).build(t, None, seed=0) for t in env.tasks("train")[:2]]
+        out[kv] = ([[(n.text, n.observation) for n in t.nodes] for t in trees], [t.stats["prompt_tokens"] for t in trees])
+        assert pol.prefix.branch_reuse is False
+    assert out[True][0] == out[False][0]
+    assert sum(out[True][1]) < sum(out[False][1])
