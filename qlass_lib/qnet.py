@@ -137,7 +137,7 @@ class QNet(nn.Module):
             if P < 8:
                 vals, n_tok = self._score_padded(enc, masks, device), sum(len(e) for e in enc)
             else:
-                vals, n_tok = self._score_shared(enc, masks, P, device), P + sum(len(e) - P for e in enc)
+                vals, n_tok = self._score_shared(enc, masks, P, device)
         if budget is not None:
             budget.add_qnet(n_tok)
         return vals
@@ -154,13 +154,17 @@ class QNet(nn.Module):
         pos = torch.arange(start, start + len(new_ids), device=device)[None]
         return self.hidden(x, att, position_ids=pos, past_key_values=cache, use_cache=True)[1]
 
-    def _score_shared(self, enc, masks, P: int, device) -> list[float]:
+    def _score_shared(self, enc, masks, P: int, device) -> tuple[list[float], int]:
+        """Values after one shared prefix, and the tokens run through the model for them (the prefix tokens the
+        KV cache did not hold, plus every candidate's suffix)."""
         if getattr(self.model_cfg, "kv_cache", False):
+            before = self.prefix.computed_tokens
             cache = self.prefix.get(enc[0][:P], self._extend)  # the episode's previous steps are not recomputed
+            prefix_tokens = self.prefix.computed_tokens - before
         else:
-            cache = self._extend(enc[0][:P], None, 0)
+            cache, prefix_tokens = self._extend(enc[0][:P], None, 0), P
         if cache is None:
-            return self._score_padded(enc, masks, device)
+            return self._score_padded(enc, masks, device), prefix_tokens + sum(len(e) for e in enc)
         n = len(enc)
         cache.batch_repeat_interleave(n)
         suffix, s_att = pad([e[P:] for e in enc], self.tokenizer.pad_token_id, side="right")
@@ -170,7 +174,7 @@ class QNet(nn.Module):
         h, _ = self.hidden(suffix, att, position_ids=pos, past_key_values=cache)
         am, _ = pad([m[P:] for m in masks], 0, side="right")
         v = self.head(self.features(h, am.to(device))).squeeze(-1)
-        return v.gather(1, last_index(s_att)[:, None]).squeeze(1).tolist()
+        return v.gather(1, last_index(s_att)[:, None]).squeeze(1).tolist(), prefix_tokens + sum(len(e) - P for e in enc)
 
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, out_dir: str | Path, base: str, meta: dict | None = None) -> Path:

@@ -272,3 +272,26 @@ def test_a_qnet_from_a_lora_policy_reloads_with_the_same_scores(tiny_tok, tmp_pa
     out = q.save(tmp_path / "q", str(tmp_path / "policy"))
     assert json.loads((out / "qlass_base.json").read_text()) == {"base_model": str(path), "adapter": True}
     assert load_qnet(out, cfg).score(_state(), CANDS) == pytest.approx(want, abs=1e-5)
+
+
+def test_scored_tokens_count_what_runs_through_the_model(tiny_tok):
+    """The budget charges the QNet the prefix tokens its KV cache did not hold plus each candidate's suffix."""
+    from qlass_lib.models import load_model
+    tok, path = tiny_tok
+    cfg = ModelConfig(device="cpu", bf16=False, kv_cache=True)
+    q = QNet(load_model(str(path), cfg), tok, cfg, max_length=512)
+    s1 = _state()
+    s2 = prompts.extend(s1, "Action: go to outside", "You move to the outside.")
+    cands = ["Action: look around", "Action: open door"]
+    b = Budget()
+    counts = []
+    for s in (s1, s2):
+        before_tokens, before_computed = b.qnet_tokens, q.prefix.computed_tokens
+        q.score(s, cands, b)
+        P = len(q.prefix.ids)
+        enc = [encode_pair(tok, s, c, 512)[0] for c in cands]
+        new_prefix = q.prefix.computed_tokens - before_computed
+        assert b.qnet_tokens - before_tokens == new_prefix + sum(len(e) - P for e in enc)
+        counts.append((new_prefix, P))
+    assert counts[0][0] == counts[0][1]  # first step: the whole prefix
+    assert counts[1][0] == counts[1][1] - counts[0][1] > 0  # second step: only what the state added
