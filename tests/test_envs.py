@@ -114,3 +114,33 @@ def test_ambiguous_action_is_an_observation(sciworld):
     assert s.observation.startswith("Ambiguous request") and not s.done
     s = sciworld.step("0")  # the simulator then expects the number of the intended action
     assert "inventory" in s.observation
+
+
+def test_canonical_ambiguity_sorts_and_maps_back_to_the_jvm_numbers():
+    from qlass_lib.envs.scienceworld import canonical_ambiguity
+    head = "Ambiguous request: Please enter the number for the action you intended (or blank to cancel):"
+    a = f"{head}\n0:\tteleport kitchen (in universe)\n1:\tteleport bathroom (in universe)\n2:\tteleport hallway (in universe)\n"
+    b = f"{head}\n0:\tteleport hallway (in universe)\n1:\tteleport kitchen (in universe)\n2:\tteleport bathroom (in universe)\n"
+    (ta, ma), (tb, mb) = canonical_ambiguity(a), canonical_ambiguity(b)
+    assert ta == tb == (f"{head}\n0:\tteleport bathroom (in universe)\n1:\tteleport hallway (in universe)\n"
+                        f"2:\tteleport kitchen (in universe)\n")
+    assert ma == [1, 2, 0] and mb == [2, 0, 1]  # canonical 0 (bathroom) is the JVM's 1 in a, its 2 in b
+    assert canonical_ambiguity("You teleport to the kitchen.") == ("You teleport to the kitchen.", [])
+
+
+def test_ambiguous_option_lists_replay_identically():
+    # the JVM numbers "teleport to room"'s nine rooms in a new order on each load (six loads, six orders seen);
+    # the adapter shows them sorted, and the answer "3" reaches the same room every time
+    from qlass_lib.envs.scienceworld import ScienceWorldEnv
+    with ScienceWorldEnv(["find-non-living-thing"], simplifications="easy") as env:
+        task = TaskRef("find-non-living-thing", 225)
+        seen = set()
+        for other in env.tasks("test")[:4]:
+            env.reset(other)
+            env.reset(task)
+            listing = env.step("teleport to room").observation
+            seen.add((listing, env.step("3").observation))
+        assert len(seen) == 1
+        listing, after = seen.pop()
+        assert listing.splitlines()[4] == "3:\tteleport foundry (in universe)" and after == "You teleport to the foundry."
+        assert check_env(env, task, ["teleport to room", "3", "look around"], repeats=3)["deterministic"]

@@ -7,11 +7,17 @@ capped (``-Xmx``).  Scores are normalized to [0, 1]; a failed episode (score -10
 Determinism: ScienceWorld lists a room's contents in an order that can change from one load of the same
 variation to the next (seen on 9 of 47 test variations of find-non-living-thing / lifespan-* here), which
 would break replay.  Observations are therefore canonicalized: every block of tab-indented listing lines is
-sorted.  With that, the env checker passes on all of them.
+sorted.  With that, the env checker passes on all of them.  The numbered option list of an "Ambiguous request"
+also comes in a varying order, and the number the agent answers picks by that order: the adapter lists the
+options sorted by their text, renumbered, and translates the agent's next answer back to the JVM's number.  So
+``teleport to room`` then ``0`` goes to the same room on every load.  (Options with identical text cannot be told
+apart; none was seen.  Gold paths with numeric answers, only ``grow-plant`` among the surveyed types, assume the
+JVM's order and may not replay.)
 """
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -32,6 +38,29 @@ def canonical_observation(text: str) -> str:
         out.append(line)
     out += sorted(block)
     return "\n".join(out)
+
+
+_AMBIGUOUS = "Ambiguous request"
+_OPTION = re.compile(r"^(\d+):\t(.*)$")
+
+
+def canonical_ambiguity(text: str) -> tuple[str, list[int]]:
+    """An "Ambiguous request" list with its options sorted by text and renumbered from 0, and for each new
+    number the JVM's number; any other text unchanged, with an empty mapping."""
+    if not text.startswith(_AMBIGUOUS):
+        return text, []
+    head, options, tail = [], [], []
+    for line in text.split("\n"):
+        m = _OPTION.match(line)
+        if m and not tail:
+            options.append((m.group(2), int(m.group(1))))
+        elif options:
+            tail.append(line)
+        else:
+            head.append(line)
+    options.sort()
+    lines = head + [f"{i}:\t{t}" for i, (t, _) in enumerate(options)] + tail
+    return "\n".join(lines), [jvm for _, jvm in options]
 
 
 def canonical_task(name: str) -> str:
@@ -62,6 +91,7 @@ class ScienceWorldEnv(TextEnv):
         if unknown:
             raise EnvError(f"unknown ScienceWorld task types {unknown}; known: {sorted(known)}")
         self._loaded: TaskRef | None = None
+        self._choices: list[int] = []  # canonical option number -> the JVM's, while an ambiguity is open
 
     @staticmethod
     def _launch(jvm_memory: str):
@@ -96,12 +126,17 @@ class ScienceWorldEnv(TextEnv):
     def _reset(self, task: TaskRef) -> Reset:
         self.server.load(task.task_type, task.variation, self.simplifications, False)
         self._loaded = task
+        self._choices = []
         self.server.reset()
         obs = self.server.step("look around")  # the package's reset does the same first move
         return Reset(self.server.getTaskDescription(), canonical_observation(obs))
 
     def _step(self, action: str):
-        obs = canonical_observation(self.server.step(action))
+        answer = action.strip()
+        if self._choices and answer.isdigit() and int(answer) < len(self._choices):
+            action = str(self._choices[int(answer)])
+        obs, self._choices = canonical_ambiguity(self.server.step(action))
+        obs = canonical_observation(obs)
         raw = float(self.server.getScore())  # in [-1, 1]
         done = bool(self.server.getCompleted()) or raw < 0
         return obs, max(raw, 0.0), done, {"raw_score": raw}
