@@ -194,6 +194,9 @@ def run_episode(env: TextEnv, task: TaskRef, choose: Chooser, budget: Budget | N
         state = prompts.extend(state, cand.text, step.observation)
         if step.done:
             break
+    if env.exceptions > errors0:  # did the environment die? then this raises here, and the stage stops before
+        with budget.timing("env"):  # the episode is logged (a resumed run plays it again)
+            env.reset(task)
     return Episode(task.id, score, score >= 1.0 - 1e-9, len(turns), turns, shown, first.observation, first.task_text,
                    env.exceptions - errors0)
 

@@ -49,7 +49,15 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 def read_json(path: str | Path):
-    return json.loads(Path(path).read_text())
+    """A JSON file's content; a file that is not UTF-8 JSON is an :class:`ArtifactError` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{path}: damaged (not UTF-8 text at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: damaged (not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno})") \
+            from None
 
 
 def write_jsonl(path: str | Path, records: list[dict]) -> Path:
@@ -72,18 +80,25 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def had_env_errors(record: dict) -> bool:
+    """Whether an episode (``env_errors``) or tree (``stats.env_errors``) record hit an environment exception."""
+    stats = record.get("stats") if isinstance(record.get("stats"), dict) else {}
+    return (record.get("env_errors") or stats.get("env_errors") or 0) > 0
+
+
 class ResumableLog:
     """The one resumable JSONL log every stage loop uses (episodes, trees, search trajectories, QNet values).
 
     Opening repairs a torn last line (what a crash during :func:`append_jsonl` leaves) and reads the keys of
     the records already there; :meth:`append` flushes one finished record; :meth:`records` reads them back.
     A loop does ``for item in log.todo(items, key_of_item)`` and appends what it finishes, so a rerun
-    resumes after the last flushed record."""
+    resumes after the last flushed record.  A record that hit an environment exception (``env_errors``) is not
+    done: a rerun plays it again, and the newest record of a key is the one read back."""
 
     def __init__(self, path: str | Path, key):
         self.path, self.key = Path(path), key
         repair_jsonl(self.path)
-        self.done = {key(r) for r in read_jsonl(self.path)}
+        self.done = {key(r) for r in read_jsonl(self.path) if not had_env_errors(r)}
 
     def todo(self, items, item_key) -> list:
         return [x for x in items if item_key(x) not in self.done]
@@ -93,7 +108,11 @@ class ResumableLog:
         self.done.add(self.key(record))
 
     def records(self, keep=lambda r: True) -> list[dict]:
-        return [r for r in read_jsonl(self.path) if keep(r)]
+        """The newest record of each key (in the order keys first appeared) that ``keep`` accepts."""
+        newest: dict = {}
+        for r in read_jsonl(self.path):
+            newest[self.key(r)] = r  # a replayed record keeps its key's first position
+        return [r for r in newest.values() if keep(r)]
 
 
 class ArtifactError(RuntimeError):
@@ -167,6 +186,50 @@ def artifact_digests(stage_dir: str | Path, skip=("manifest.json", ".params_hash
     d = Path(stage_dir)
     return {str(p.relative_to(d)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(d.rglob("*")) if p.is_file() and p.name not in skip}
+
+
+MANIFEST_KEYS = ("status", "fingerprint", "wall_time_s", "artifacts")
+
+
+def read_manifest(stage_dir: str | Path) -> dict | None:
+    """A stage's ``manifest.json`` (None when the stage never finished); one that does not parse or lacks a
+    required key is an :class:`ArtifactError` naming the file."""
+    path = Path(stage_dir) / "manifest.json"
+    if not path.is_file():
+        return None
+    man = read_json(path)
+    if not isinstance(man, dict):
+        raise ArtifactError(f"{path}: damaged (not a JSON object)")
+    missing = [k for k in MANIFEST_KEYS if k not in man]
+    if missing:
+        raise ArtifactError(f"{path}: damaged (no {', '.join(missing)})")
+    return man
+
+
+def changed_files(stage_dir: str | Path, manifest: dict) -> list[str]:
+    """Recorded artifacts that are missing or changed on disk, and files it did not record (empty: all match)."""
+    want = manifest.get("artifacts", {})
+    if not isinstance(want, dict):
+        return ["(manifest without checksums)"]
+    have = artifact_digests(stage_dir)
+    bad = [name for name, d in want.items() if have.get(name) != d]
+    bad += [name for name in have if name not in want and not name.startswith(".")]
+    return sorted(bad)
+
+
+def verify_stage(stage_dir: str | Path) -> dict | None:
+    """The manifest of a finished stage whose files still match their recorded checksums (None when the stage
+    never finished); anything else is an :class:`ArtifactError` naming the stage and the files."""
+    d = Path(stage_dir)
+    man = read_manifest(d)
+    if man is None:
+        return None
+    bad = changed_files(d, man)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ArtifactError(f"{d}: stage damaged, its files differ from their recorded checksums ({shown}); "
+                            f"rerun it with `python -m qlass_lib run <params> --overwrite {d.name[:2]}`")
+    return man
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:

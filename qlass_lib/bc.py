@@ -170,10 +170,10 @@ def _load_ckpt(model, opt, ckpt: Path) -> dict | None:
 
 
 def train_bc(model, tokenizer, train_ex: list[Example], val_ex: list[Example], bc_cfg, model_cfg, out_dir,
-             seed: int = 0) -> dict:
+             seed: int = 0, guard: str = "bc.max_minutes") -> dict:
     """Train with AdamW + warm-up/cosine (:func:`qlass_lib.training.train_loop`); stop at ``stop_at_loss``,
-    ``max_steps`` or ``max_epochs`` (budgets that reproduce on any machine), or at the ``max_minutes``
-    wall-clock guard (``stopped == "time"``).
+    ``max_steps`` or ``max_epochs`` (budgets that reproduce on any machine); past the ``max_minutes``
+    wall-clock guard (named ``guard`` in errors) it saves its checkpoint and raises ``WallClockGuardHit``.
 
     Resumes from ``out_dir/checkpoint`` when present.  Returns the history (train/val loss per step).
     """
@@ -206,7 +206,7 @@ def train_bc(model, tokenizer, train_ex: list[Example], val_ex: list[Example], b
 
     state = train_loop(opt, lambda epoch: make_batches(train_ex, bc_cfg.batch_tokens, random.Random(seed * 1000 + epoch)),
                        loss_fn, Schedule(total, bc_cfg.max_epochs, bc_cfg.max_steps, bc_cfg.max_minutes,
-                                       bc_cfg.warmup_steps, 0),
+                                       bc_cfg.warmup_steps, 0, guard),
                        state, after_step, lambda st: _save_ckpt(model, opt, st.to_dict(), out_dir / "checkpoint"),
                        bc_cfg.save_every, desc="behavior cloning")
     final_val = validation_loss(model, val_ex, tokenizer, model_cfg, bc_cfg.batch_tokens)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,7 @@ class TinyModelConfig:
     vocab_size: int = doc(1024, "byte-level BPE vocabulary trained on the expert corpus", ge=300)
     max_positions: int = doc(2048, "maximum positions", ge=16)
     pretrain_steps: int = doc(0, "optimizer steps of next-token pretraining on the expert text (every token) before BC, standing in for an LLM's pretraining; 0 = off", ge=0)
-    pretrain_minutes: float = doc(60.0, "wall-clock guard for that pretraining", gt=0)
+    pretrain_minutes: float = doc(60.0, "wall-clock guard for that pretraining: past it the stage fails (resumable after raising it)", gt=0)
     copy_share: float = doc(0.0, "share of the pretraining examples that are copy drills (an expert-text span, a separator, the same span again; loss on the copy only), teaching the tiny model to copy from its context as an LLM can", ge=0, lt=1)
     copy_first_steps: int = doc(0, "most optimizer steps of a copy-drills-only phase before the expert-text pretraining (constant learning rate after warm-up); it ends early at copy_first_target; 0 = off; keep copy_share > 0 in the text pretraining after it, or the skill fades (ALFWorld: 0.91 -> 0.11 held-out copy accuracy with copy_share 0)", ge=0)
     copy_first_target: float = doc(0.8, "held-out copy accuracy (drills like the phase's own, checked every 50 steps) that ends the copy-first phase", gt=0, le=1)
@@ -96,7 +97,7 @@ class BCConfig:
     batch_tokens: int = doc(8192, "tokens per optimizer step (examples are packed by length)", ge=1)
     max_epochs: int = doc(30, "epoch cap", ge=1)
     max_steps: Optional[int] = doc(None, "optimizer-step cap (None = epochs decide); budgets in steps/epochs reproduce on any machine", ge=1)
-    max_minutes: float = doc(60.0, "wall-clock guard only (a run that hits it says so in its manifest and report)", gt=0)
+    max_minutes: float = doc(60.0, "wall-clock guard: training that runs past it fails the stage (resumable after raising it); not part of the fingerprint", gt=0)
     stop_at_loss: float = doc(0.04, "stop when the running action-token loss falls below this (keeps sampling diversity)", ge=0)
     val_fraction: float = doc(0.05, "share of expert tasks held out for validation loss", ge=0, lt=1)
     expert_fraction: float = doc(1.0, "share of the expert trajectories BC trains on (the first of each task type; fewer-annotations experiment); trees and QNet keep the same task pool", gt=0, le=1)
@@ -150,7 +151,7 @@ class QNetConfig:
     pool: Literal["last", "mean"] = doc("last", "the head reads each token's hidden state (paper) or the mean over the action's tokens so far")
     eval_every: int = doc(25, "optimizer steps between validation checks (checkpoint selection)", ge=1)
     select: Literal["last", "sibling_accuracy", "val_mse"] = doc("sibling_accuracy", "which checkpoint to keep: the last, or the best on the validation trees")
-    max_minutes: float = doc(60.0, "wall-clock guard only (a run that hits it says so in its manifest and report)", gt=0)
+    max_minutes: float = doc(60.0, "wall-clock guard: training that runs past it fails the stage (resumable after raising it); not part of the fingerprint", gt=0)
     rank_weight: float = doc(0.0, "weight of a sibling-ranking term added to the MSE (logistic loss on sibling pairs with different targets; batches built tree by tree); 0 = the paper's MSE alone", ge=0)
     rank_temperature: float = doc(0.1, "scale of value differences in the ranking term: softplus(-(v_hi - v_lo) / this)", gt=0)
     ablation_targets: list[str] = doc(["avg_reward", "outcome"], "extra QNets trained on these targets for the ablation")
@@ -233,9 +234,16 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         if not p.is_file():
             raise ConfigError(f"params file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start} is 0x{p.read_bytes()[exc.start]:02x})") from None
+        try:
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
+        if data is None:
+            raise ConfigError(f"{p}: the params file is empty; give at least the keys that differ from the defaults "
+                              f"(params/default.yaml is the default run, `make run`)")
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
     if overrides:
@@ -245,8 +253,14 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     return cfg
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 def cross_check(cfg: RunConfig) -> None:
     """Rules that tie fields together."""
+    if not _RUN_ID.fullmatch(cfg.run_id) or ".." in cfg.run_id:
+        raise ConfigError(f"run_id: {cfg.run_id!r} is not a plain folder name (letters, digits, '.', '_', '-'; "
+                          f"starting with a letter or digit; no '/' or '..'): a run is written to runs/<run_id>")
     if cfg.tree.disjoint_from_bc and cfg.env.train_per_type is None:
         raise ConfigError("tree.disjoint_from_bc needs env.train_per_type (BC then uses the first train_per_type "
                           "tasks of each type and trees the ones after them)")

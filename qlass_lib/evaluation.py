@@ -8,7 +8,7 @@ from typing import Callable
 import pandas as pd
 
 from .agent import Chooser, run_episode
-from .artifacts import ResumableLog
+from .artifacts import ResumableLog, had_env_errors
 from .budget import Budget
 from .envs import TaskRef
 from .executor import Workspace
@@ -35,7 +35,7 @@ def check_env_errors(records: list[dict], max_share: float, what: str) -> dict:
     """Count episodes (or trees) that hit an environment exception; stop the stage when their share exceeds
     ``max_share`` (a dying simulator must not look like a policy that scores 0)."""
     n = len(records)
-    hit = sum(1 for r in records if (r.get("env_errors") or r.get("stats", {}).get("env_errors") or 0) > 0)
+    hit = sum(1 for r in records if had_env_errors(r))
     share = hit / n if n else 0.0
     if share > max_share:
         raise RuntimeError(f"{hit} of {n} {what} hit an environment exception ({100 * share:.0f}% > "

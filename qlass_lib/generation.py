@@ -45,16 +45,10 @@ class ServerPolicy:
         if self._client is None:
             import os
 
-            import openai
-
-            from .paraphrase import safe_for_key
+            from .http import openai_client
             g = self.gen_cfg
-            key = os.environ.get(g.api_key_env)
-            if key and not safe_for_key(g.base_url):
-                raise ValueError(f"refusing to send {g.api_key_env} over plain HTTP to {g.base_url}: use https:// "
-                                 f"(plain http is fine for a local server without a key)")
-            self._client = openai.OpenAI(base_url=g.base_url, api_key=key or "EMPTY", timeout=g.timeout_s,
-                                         max_retries=g.max_retries)
+            self._client = openai_client(g.base_url, os.environ.get(g.api_key_env), g.api_key_env, g.timeout_s,
+                                         g.max_retries)
         return self._client
 
     def model_name(self) -> str:

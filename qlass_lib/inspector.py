@@ -33,7 +33,11 @@ def tree_payload(tree: Tree, predictions: dict[int, float] | None = None) -> dic
 
 def run_payload(run_dir: str | Path, qnet: bool = True) -> list[dict]:
     """Every tree of the run; with ``qnet`` and a trained QNet, each node's QNet prediction too."""
+    from .artifacts import verify_stage
+    from .context import STAGES
     rd = Path(run_dir)
+    for key in ("02", "03", "04") if qnet else ("02", "03"):
+        verify_stage(rd / STAGES[key])  # a finished stage's damaged file is an error, never a partial view
     trees = load_run_trees(rd)
     loaded = run_qnet(rd) if qnet else None
     if loaded is None:
@@ -44,9 +48,15 @@ def run_payload(run_dir: str | Path, qnet: bool = True) -> list[dict]:
 def write_html(run_dir: str | Path, out: str | Path | None = None, qnet: bool = True) -> Path:
     rd = Path(run_dir)
     out = Path(out) if out else rd / "inspector.html"
-    data = json.dumps(run_payload(rd, qnet)).replace("</", "<\\/")
-    out.write_text(PAGE.replace("__TITLE__", html.escape(rd.name)).replace("__DATA__", data))
+    out.write_text(page(rd.name, run_payload(rd, qnet)))
     return out
+
+
+def page(title: str, trees: list[dict]) -> str:
+    """The HTML page around the trees' JSON.  Every "<" in the JSON is written \\u003c, so no text in the data
+    can open or close a tag, a comment or a script state ("</script>", "<!--<script>") of the page."""
+    data = json.dumps(trees).replace("<", "\\u003c")
+    return PAGE.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
 
 
 PAGE = """<!doctype html>

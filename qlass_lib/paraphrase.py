@@ -5,9 +5,7 @@ OpenAI-compatible endpoint can be used instead, never required.  Any callable ``
 """
 from __future__ import annotations
 
-import json
 import re
-import urllib.request
 from typing import Callable
 
 Paraphraser = Callable[[str, int], str]
@@ -31,37 +29,24 @@ def local_paraphrase(text: str, i: int) -> str:
     return " ".join(sents)
 
 
-def safe_for_key(url: str) -> bool:
-    """An API key may travel over https, or over plain http to this machine only."""
-    from urllib.parse import urlparse
-    u = urlparse(url)
-    return u.scheme == "https" or (u.scheme == "http" and (u.hostname or "") in ("localhost", "127.0.0.1", "::1"))
-
-
 class OpenAIParaphraser:
     """Paraphrase through an OpenAI-compatible chat-completions endpoint (cached per (text, i))."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 30.0):
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        if api_key and not safe_for_key(self.url):
-            raise ValueError(f"refusing to send OPENAI_API_KEY over plain HTTP to {base_url}: use https:// (plain "
-                             f"http is allowed only for localhost)")
-        self.model, self.api_key, self.timeout = model, api_key, timeout
+        from .http import openai_client
+        self.client = openai_client(base_url, api_key, "OPENAI_API_KEY", timeout)
+        self.model = model
         self.cache: dict[tuple[str, int], str] = {}
 
     def __call__(self, text: str, i: int) -> str:
         if i <= 0:
             return text
         if (text, i) not in self.cache:
-            body = {"model": self.model, "temperature": 0.7, "seed": i, "messages": [
+            out = self.client.chat.completions.create(model=self.model, temperature=0.7, seed=i, messages=[
                 {"role": "system", "content": "Rewrite the task description with different wording. Keep every "
                                               "object, place and requirement. Reply with the rewritten text only."},
-                {"role": "user", "content": text}]}
-            req = urllib.request.Request(self.url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-            if self.api_key:
-                req.add_header("Authorization", f"Bearer {self.api_key}")
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                self.cache[(text, i)] = json.loads(r.read())["choices"][0]["message"]["content"].strip()
+                {"role": "user", "content": text}])
+            self.cache[(text, i)] = out.choices[0].message.content.strip()
         return self.cache[(text, i)]
 
 

@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .artifacts import artifact_digests, git_commit, guard_hits, read_json, versions, write_json
+from .artifacts import (ArtifactError, artifact_digests, changed_files, git_commit, guard_hits, read_json,
+                        read_manifest, versions, write_json)
 from .config import ConfigError, RunConfig, config_hash, load_config
 from .context import OPTIONAL, STAGES, project_root
-from .fingerprint import (EXECUTION_SECTIONS, STAGE_SECTIONS, changed_parts, differing_keys, source_hash, stage_fingerprint,
-                          with_new_defaults)
+from .fingerprint import (EXECUTION_SECTIONS, STAGE_SECTIONS, changed_parts, data_hash, differing_keys, source_hash,
+                          stage_fingerprint, with_new_defaults, without_guards)
 from .preflight import preflight
 from .runlock import RunnerLock
 
@@ -80,17 +81,6 @@ def load_run_config(params: str | Path, overrides: dict | None = None) -> tuple[
     return cfg, overrides
 
 
-def _files_match(sdir: Path, manifest: dict) -> list[str]:
-    """Recorded artifacts that are missing or changed on disk (empty list: all match)."""
-    want = manifest.get("artifacts", {})
-    if not isinstance(want, dict):
-        return ["(manifest without checksums)"]
-    have = artifact_digests(sdir)
-    bad = [name for name, d in want.items() if have.get(name) != d]
-    bad += [name for name in have if name not in want and not name.startswith(".")]
-    return sorted(bad)
-
-
 def run(params: str, force: bool = False, only: list[str] | None = None, overrides: dict | None = None,
         run_id: str | None = None, root: Path | None = None, log=print, overwrite: str | None = None,
         reuse: bool = False, execute: Callable | None = None) -> Path:
@@ -114,6 +104,7 @@ def run(params: str, force: bool = False, only: list[str] | None = None, overrid
         _guard_params(run_dir, cfg, force, overwrite)
         write_json(run_dir / "params.json", dataclasses.asdict(cfg))
         code = source_hash(root)
+        data = data_hash(cfg, root, run_dir / ".data_digests.json")
         upstream, upstream_ran = None, False
         for key, nb in stages:
             sdir = run_dir / STAGES[key]
@@ -121,8 +112,14 @@ def run(params: str, force: bool = False, only: list[str] | None = None, overrid
                 log(f"[{key}] {nb.stem}: off ({OPTIONAL[key]}: false)")
                 continue
             manifest_path = sdir / "manifest.json"
-            old = read_json(manifest_path) if manifest_path.is_file() else None
-            fp = stage_fingerprint(cfg, key, root, nb, upstream, code)
+            try:
+                old = read_manifest(sdir)
+            except ArtifactError as exc:
+                if not (force or (overwrite and overwrite <= key)):
+                    raise ArtifactError(f"{exc}; rerun the stage with --overwrite {key} (or every stage with "
+                                        f"--force)") from None
+                old = None
+            fp = stage_fingerprint(cfg, key, root, nb, upstream, code, data)
             if only and key not in only:
                 if old is None or old.get("status") != "complete":
                     upstream = None
@@ -132,9 +129,9 @@ def run(params: str, force: bool = False, only: list[str] | None = None, overrid
             complete = old is not None and old.get("status") == "complete"
             changed = changed_parts(old.get("fingerprint") if old else None, fp) if complete else []
             if "params" in changed and isinstance(old.get("params"), dict) and \
-                    config_hash(with_new_defaults(old["params"], STAGE_SECTIONS[key])) == fp["params"]:
+                    config_hash(without_guards(with_new_defaults(old["params"], STAGE_SECTIONS[key]))) == fp["params"]:
                 changed.remove("params")  # only keys added to the config since, at their defaults
-            damaged = _files_match(sdir, old) if complete else []
+            damaged = changed_files(sdir, old) if complete else []
             if complete and not force and not changed and not damaged:
                 log(f"[{key}] {nb.stem}: up to date, skipped")
                 upstream = old
@@ -182,7 +179,7 @@ def _guard_params(run_dir: Path, cfg: RunConfig, force: bool, overwrite: str | N
     prev = run_dir / "params.json"
     if not prev.is_file():
         return
-    old, new = with_new_defaults(read_json(prev)), dataclasses.asdict(cfg)
+    old, new = without_guards(with_new_defaults(read_json(prev))), without_guards(dataclasses.asdict(cfg))
     diff = [d for d in differing_keys(old, new) if d.split(":")[0] not in OPTIONAL.values()  # switches only skip
             and d.split(".")[0].split(":")[0] not in EXECUTION_SECTIONS]  # how a run executes, not what it computes
     if not diff or force:

@@ -136,3 +136,20 @@ def preflight(cfg: RunConfig, root: Path) -> None:
     check_task_types(cfg)
     check_data(cfg, root)
     check_model(cfg, root)
+    check_keys(cfg)
+
+
+def check_keys(cfg: RunConfig) -> None:
+    """An API key in the environment never goes over plain http to another machine: refused before any work."""
+    from .http import check_key_url
+    s, g = cfg.search, cfg.generation
+    checks = []
+    if s.paraphraser == "openai" and s.paraphrase_endpoint:
+        checks.append(("search.paraphrase_endpoint", s.paraphrase_endpoint, "OPENAI_API_KEY"))
+    if g.backend == "openai" and g.base_url:
+        checks.append(("generation.base_url", g.base_url, g.api_key_env))
+    for key, url, env_name in checks:
+        try:
+            check_key_url(url, os.environ.get(env_name), env_name)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None

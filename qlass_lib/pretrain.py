@@ -62,7 +62,8 @@ def pretrain_tiny(cfg, base: str, records: list[dict], out_dir) -> str:
             if share else []
         pcfg = replace(cfg.bc, max_minutes=tiny.pretrain_minutes, max_epochs=10_000, max_steps=tiny.pretrain_steps,
                        stop_at_loss=0.0, eval_every=10**9)
-        res = train_bc(model, tok, examples + drills, [], pcfg, cfg.model, Path(out_dir) / "pretrain", cfg.seed)
+        res = train_bc(model, tok, examples + drills, [], pcfg, cfg.model, Path(out_dir) / "pretrain", cfg.seed,
+                       guard="model.tiny.pretrain_minutes")
         result.update({"steps": res["steps"], "epochs": res["epochs"], "stopped": res["stopped"],
                        "train_seconds": res["train_seconds"], "final_train_ema": res["final_train_ema"],
                        "copy_drills": len(drills),
@@ -127,7 +128,8 @@ def copy_phase(cfg, model, sep: int, ids: list[int], held_out: list[Example], ck
 
     steps = tiny.copy_first_steps
     state = train_loop(opt, epoch_batches, loss_fn,
-                       Schedule(steps, 10**9, steps, tiny.pretrain_minutes, bc_cfg.warmup_steps, decay_start=steps),
+                       Schedule(steps, 10**9, steps, tiny.pretrain_minutes, bc_cfg.warmup_steps, decay_start=steps,
+                                guard="model.tiny.pretrain_minutes"),
                        state, after_step, lambda st: _save_ckpt(model, opt, st.to_dict(), ckpt_dir),
                        bc_cfg.save_every, desc="copy drills")
     curve = [[h["step"], h["copy_accuracy"]] for h in state.history if "copy_accuracy" in h]

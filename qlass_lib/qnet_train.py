@@ -280,7 +280,7 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
     history = check(0)  # step 0: the initialized head on the BC backbone
     qnet.train()
     state = train_loop(opt, epoch_batches, loss_fn, Schedule(total, cfg.epochs, cfg.max_steps, cfg.max_minutes,
-                                                             cfg.warmup_steps, cfg.warmup_steps),
+                                                             cfg.warmup_steps, cfg.warmup_steps, "qnet.max_minutes"),
                        LoopState(history=history), after_step, desc="qnet training", leave=False)
     if state.step % cfg.eval_every:
         state.history += check(state.step)

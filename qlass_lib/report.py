@@ -1,7 +1,6 @@
 """A markdown summary of a finished run, read from its artifacts (``python -m qlass_lib report runs/<id>``)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -26,13 +25,14 @@ def _num(x, spec: str = ".3f") -> str:
 
 
 def summarize_run(run_dir: str | Path) -> str:
+    """The report of a run; a finished stage whose manifest or files are damaged is an ``ArtifactError``."""
     rd = Path(run_dir)
     out = [f"# Run `{rd.name}`"]
     walls, guards = [], []
+    from .artifacts import verify_stage
     for key, name in STAGES.items():
-        m = rd / name / "manifest.json"
-        if m.is_file():
-            man = json.loads(m.read_text())
+        man = verify_stage(rd / name)  # a damaged stage is an error naming it, not a quiet table
+        if man is not None:
             walls.append({"stage": name, "wall_s": man["wall_time_s"],
                           "precision": man.get("execution", {}).get("precision", "(not recorded)")})
             guards += [f"{name}/{g}" for g in man.get("wall_clock_guard_hit", [])]

@@ -4,7 +4,9 @@ The runner holds an exclusive lock on ``<run>/.runner.lock`` for its whole life;
 a message naming the holder (pid, host, start time, command).  Each notebook kernel a runner starts holds
 ``<run>/.kernel.lock`` while it lives, and a runner waits for that lock to be free before it starts a stage,
 so the kernel of a killed runner (which outlives it by a few seconds) has exited before anything new is
-written.  A notebook opened by hand refuses to write into a run a runner holds.  Locks are ``fcntl`` locks:
+written.  A notebook opened by hand refuses to write into a run a runner holds, and while its kernel lives it
+holds the kernel lock and a shared runner lock, so no runner and no second notebook write there meanwhile
+(library code used outside a notebook kernel, as in tests, only checks).  Locks are ``fcntl`` locks:
 the system frees them when a process dies, so a crash never leaves a stale lock behind.
 """
 from __future__ import annotations
@@ -51,6 +53,11 @@ class RunnerLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.fd = _try_lock(self.run_dir / ".runner.lock")
         if self.fd is None:
+            kernel = _try_lock(self.run_dir / ".kernel.lock")
+            if kernel is None:  # a notebook opened by hand holds the run
+                raise RunLocked(f"{self.run_dir} is open in a notebook ({_owner(self.run_dir, '.kernel.owner')}); "
+                                f"close that notebook (or shut down its kernel) first")
+            os.close(kernel)
             raise RunLocked(f"{self.run_dir} is being written by another runner ({_owner(self.run_dir, '.runner.owner')}); "
                             f"wait for it to finish or stop it")
         (self.run_dir / ".runner.owner").write_text(json.dumps({
@@ -99,8 +106,31 @@ def claim_for_kernel(run_dir: Path) -> None:
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}))
         _KERNEL_FD = fd
         return
+    key = str(run_dir.resolve())
+    if key in _BY_HAND:
+        return
     probe = _try_lock(run_dir / ".runner.lock", exclusive=False)
     if probe is None:
         raise RunLocked(f"{run_dir} is being written by a runner ({_owner(run_dir, '.runner.owner')}); open another "
                         f"run_id or wait for it to finish")
-    os.close(probe)
+    if not _in_notebook_kernel():
+        os.close(probe)
+        return
+    fd = _try_lock(run_dir / ".kernel.lock")
+    if fd is None:
+        os.close(probe)
+        raise RunLocked(f"another notebook kernel writes {run_dir} ({_owner(run_dir, '.kernel.owner')})")
+    (run_dir / ".kernel.owner").write_text(json.dumps({
+        "pid": os.getpid(), "host": socket.gethostname(), "command": "notebook opened by hand",
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}))
+    _BY_HAND[key] = (probe, fd)  # held until the kernel exits
+
+
+_BY_HAND: dict[str, tuple[int, int]] = {}
+
+
+def _in_notebook_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (a notebook), not a script or a test run."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

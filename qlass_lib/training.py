@@ -2,7 +2,7 @@
 
 A caller supplies the batches of each epoch, a loss function and a hook run after every step (validation,
 early stopping, checkpoint selection); the loop owns the learning-rate schedule (linear warm-up, cosine decay
-to 10%), gradient clipping, the step/epoch budgets, the wall-clock guard, the progress bar and a resumable
+to 10%), gradient clipping, the step/epoch budgets, the wall-clock guard (an error, never a silent early stop), the progress bar and a resumable
 state (step, epoch, position in the epoch, elapsed time, history).
 """
 from __future__ import annotations
@@ -51,6 +51,12 @@ class Schedule:
     max_minutes: float         # wall-clock guard
     warmup: int = 0
     decay_start: int = 0
+    guard: str = "max_minutes"  # the params key of the guard, for its error
+
+
+class WallClockGuardHit(RuntimeError):
+    """Training ran past its wall-clock guard: the stage fails rather than keep a model that depends on how fast
+    this machine is."""
 
 
 def train_loop(opt: torch.optim.Optimizer, epoch_batches: Callable[[int], list], loss_fn: Callable,
@@ -64,6 +70,8 @@ def train_loop(opt: torch.optim.Optimizer, epoch_batches: Callable[[int], list],
     and stop training; ``checkpoint(state)`` is called every ``save_every`` steps and when training stops.
     Each param group's ``base_lr`` is scaled by the schedule."""
     state = state or LoopState()
+    if state.stopped == "time":  # resumed after the guard stopped it: the (raised) guard decides again
+        state.stopped = None
     params = [p for g in opt.param_groups for p in g["params"]]
     t_start = time.perf_counter() - state.elapsed_s
     bar = tqdm(total=schedule.total, initial=state.step, desc=desc, leave=leave)
@@ -103,4 +111,11 @@ def train_loop(opt: torch.optim.Optimizer, epoch_batches: Callable[[int], list],
             if state.epoch >= schedule.max_epochs:
                 state.stopped = "epochs"
     bar.close()
+    if state.stopped == "time":
+        again = ("it resumes from its checkpoint" if checkpoint else "training starts over")
+        raise WallClockGuardHit(
+            f"{desc} ran past its wall-clock guard {schedule.guard} = {schedule.max_minutes:g} min at step "
+            f"{state.step} of {schedule.total}; a model cut there would depend on this machine's speed, so the stage "
+            f"stops here. Raise the guard (e.g. --set {schedule.guard}={max(2 * schedule.max_minutes, 60):g}; it is "
+            f"not part of the results' fingerprint) and run again: {again}.")
     return state
