@@ -268,3 +268,26 @@ def test_a_changed_data_file_makes_the_run_stale(project):
     ex = FakeExecutor()
     logs = _run(project, ex)
     assert ex.ran == ["01", "02", "03", "04", "05"] and any("data changed" in line for line in logs)
+
+
+# -- 7. a notebook opened by hand holds the run ----------------------------------------------------------------
+def test_a_notebook_opened_by_hand_holds_the_run_against_runners_and_other_kernels(tmp_path, monkeypatch):
+    import os
+    from qlass_lib import runlock
+    from qlass_lib.runlock import RunLocked, RunnerLock, claim_for_kernel
+    monkeypatch.delenv(runlock.RUNNER_ENV, raising=False)
+    monkeypatch.setattr(runlock, "_in_notebook_kernel", lambda: True)
+    run = tmp_path / "r"
+    run.mkdir()
+    claim_for_kernel(run)
+    try:
+        with pytest.raises(RunLocked, match="is open in a notebook .*notebook opened by hand"):
+            with RunnerLock(run):
+                pass
+        fd = runlock._try_lock(run / ".kernel.lock")  # as a second hand-opened kernel would try
+        assert fd is None
+    finally:
+        for held in runlock._BY_HAND.pop(str(run.resolve())):
+            os.close(held)
+    with RunnerLock(run):  # closed: the runner may write again
+        pass
