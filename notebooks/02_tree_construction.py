@@ -31,7 +31,7 @@ overrides = {}  # nested params overrides, for example {"bc": {"max_minutes": 1.
 # %%
 import pandas as pd
 from IPython.display import Image, display
-from qlass_lib.context import RunContext
+from qlass_lib.run.context import RunContext
 from qlass_lib.stages import trees as stage
 
 ctx = RunContext.open(params_path, run_dir, overrides)
@@ -53,7 +53,7 @@ Image(res.figures["stats"])
 # QNet's predictions: `python -m qlass_lib inspect runs/<run_id>`.
 
 # %%
-from qlass_lib.widgets import TreeInspector
+from qlass_lib.viz.widgets import TreeInspector
 TreeInspector.for_run(ctx.run_dir, qnet=False)  # stage 02 does not read later stages
 
 # %%

@@ -38,7 +38,7 @@ overrides = {}  # nested params overrides, for example {"bc": {"max_minutes": 1.
 # %%
 import pandas as pd
 from IPython.display import Image, display
-from qlass_lib.context import RunContext
+from qlass_lib.run.context import RunContext
 from qlass_lib.stages import qnet_training as stage
 
 ctx = RunContext.open(params_path, run_dir, overrides)

@@ -28,8 +28,8 @@ overrides = {}  # nested params overrides, for example {"bc": {"max_minutes": 1.
 # %%
 import pandas as pd
 from IPython.display import Image, Markdown, display
-from qlass_lib.context import RunContext
-from qlass_lib.cost import markdown as cost_markdown
+from qlass_lib.run.context import RunContext
+from qlass_lib.analysis.cost import markdown as cost_markdown
 from qlass_lib.stages import guided_search as stage
 
 ctx = RunContext.open(params_path, run_dir, overrides)

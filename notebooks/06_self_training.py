@@ -34,7 +34,7 @@ overrides = {}  # nested params overrides, for example {"self_training": {"enabl
 # %%
 import pandas as pd
 from IPython.display import Image, display
-from qlass_lib.context import RunContext
+from qlass_lib.run.context import RunContext
 from qlass_lib.stages import self_training as stage
 
 ctx = RunContext.open(params_path, run_dir, overrides)

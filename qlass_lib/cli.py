@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError
+from qlass_lib.core.config import ConfigError
 
 _EPILOG = """examples:
   python -m qlass_lib run params/default.yaml
@@ -63,7 +63,7 @@ def _serve(run_dir: Path, port: int) -> int:
     import json
     import time
 
-    from .server import servable, start_vllm
+    from qlass_lib.models.server import servable, start_vllm
     max_len = json.loads((run_dir / "params.json").read_text())["bc"]["max_length"]
     model_dir = servable(run_dir / "01_behavior_cloning" / "policy")
     print(f"starting vLLM on {model_dir} (log: {run_dir / 'vllm.log'}) ...")
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "annotations":
-            from . import annotations
-            from .pipeline import load_run_config
+            from qlass_lib.diagnostics import annotations
+            from qlass_lib.run.pipeline import load_run_config
             dirs = annotations.run_fractions(args.params, args.fractions, parse_set(args.sets), reuse=args.reuse)
             out = dirs[0].parent / f"{load_run_config(args.params, parse_set(args.sets))[0].run_id}-annotations"
             tab = annotations.write(dirs, out)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out / 'annotations.csv'}")
             return 0
         if args.cmd == "lookahead":
-            from . import lookahead
+            from qlass_lib.diagnostics import lookahead
             if not (Path(args.run_dir) / "params.json").is_file():
                 raise ConfigError(f"no run at {args.run_dir} (expected a folder written by 'python -m qlass_lib run')")
             bad = sorted(set(args.rankers or []) - set(lookahead.RANKERS))
@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {res['out']}")
             return 0
         if args.cmd == "expert-survey":
-            from . import expert_survey
-            from .context import project_root
-            from .pipeline import load_run_config
+            from qlass_lib.diagnostics import expert_survey
+            from qlass_lib.core.paths import project_root
+            from qlass_lib.run.pipeline import load_run_config
             if args.per_type < 1 or args.repeats < 1:
                 raise ConfigError("--per-type and --repeats must be at least 1")
             out = args.out or (project_root() / "runs" / f"{load_run_config(args.params, parse_set(args.sets))[0].run_id}"
@@ -186,14 +186,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {res['out']}")
             return 0
         if args.cmd == "gpu-check":
-            from . import gpu_check
+            from qlass_lib.diagnostics import gpu_check
             data = gpu_check.run_check(args.run_dir, args.out, args.shape, False if args.no_4bit else None,
                                        args.bc_steps, args.batch_tokens, args.qnet_steps)
             print(gpu_check.markdown(data))
             failed = [k for k, v in data["sections"].items() if not v["ok"]]
             return 1 if failed else 0
         if args.cmd == "inspect":
-            from .inspector import write_html
+            from qlass_lib.viz.inspector import write_html
             if not (Path(args.run_dir) / "02_tree_construction" / "trees.jsonl").is_file():
                 raise ConfigError(f"no trees in {args.run_dir} (run stage 02 first)")
             print(f"wrote {write_html(args.run_dir, qnet=not args.no_qnet)}")
@@ -202,28 +202,28 @@ def main(argv: list[str] | None = None) -> int:
             if not (Path(args.run_dir) / "01_behavior_cloning" / "policy").is_dir():
                 raise ConfigError(f"no BC policy in {args.run_dir} (run stage 01 first)")
         if args.cmd == "bench-parallel":
-            from .bench_parallel import bench_parallel, markdown
+            from qlass_lib.diagnostics.bench_parallel import bench_parallel, markdown
             print(markdown(bench_parallel(args.run_dir, args.states, args.m, args.tasks)))
             return 0
         if args.cmd == "serve":
             return _serve(Path(args.run_dir), args.port)
         if args.cmd == "bench":
-            from .bench import bench, markdown
+            from qlass_lib.diagnostics.bench import bench, markdown
             if not (Path(args.run_dir) / "params.json").is_file():
                 raise ConfigError(f"no run at {args.run_dir} (expected a folder written by 'python -m qlass_lib run')")
             print(markdown(bench(args.run_dir, args.states, args.m, search_tasks=args.search_tasks,
                                  train_steps=args.train_steps)))
             return 0
         if args.cmd == "report":
-            from .report import summarize_run
+            from qlass_lib.report import summarize_run
             if not (Path(args.run_dir) / "params.json").is_file():
                 raise ConfigError(f"no run at {args.run_dir} (expected a folder written by 'python -m qlass_lib run')")
             print(summarize_run(args.run_dir))
             return 0
-        from .pipeline import load_run_config, run
+        from qlass_lib.run.pipeline import load_run_config, run
         if args.cmd == "check":
-            from .context import project_root
-            from .preflight import preflight
+            from qlass_lib.core.paths import project_root
+            from qlass_lib.run.preflight import preflight
             cfg, _ = load_run_config(args.params, parse_set(args.sets))
             preflight(cfg, project_root())
             print(f"{args.params}: ok (run_id={cfg.run_id})")

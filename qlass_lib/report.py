@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .context import STAGES
+from qlass_lib.core.series import STAGES
 
 
 def _md(df: pd.DataFrame, digits: int = 2) -> str:
@@ -29,7 +29,7 @@ def summarize_run(run_dir: str | Path) -> str:
     rd = Path(run_dir)
     out = [f"# Run `{rd.name}`"]
     walls, guards = [], []
-    from .artifacts import verify_stage
+    from qlass_lib.core.artifacts import verify_stage
     for key, name in STAGES.items():
         man = verify_stage(rd / name)  # a damaged stage is an error naming it, not a quiet table
         if man is not None:
@@ -41,7 +41,7 @@ def summarize_run(run_dir: str | Path) -> str:
         out += ["## Stage wall times", _md(w), f"total: {w.wall_s.sum():.0f} s"]
     if guards:
         out += ["**Warning: stopped on a wall-clock guard (numbers depend on this machine's speed):** " + ", ".join(guards)]
-    from .stages import stage_module
+    from qlass_lib.stages import stage_module
     r1 = stage_module("01").load(rd / STAGES["01"])
     if "expert_stats" in r1:
         st = r1["expert_stats"]
@@ -92,7 +92,7 @@ def summarize_run(run_dir: str | Path) -> str:
             out += ["budget ratio (tokens QLASS needs to reach Best-of-N's best oracle reward / Best-of-N's tokens):",
                     _md(pd.DataFrame([{"method": k, **v} for k, v in r5["ratios"].items()]), 3)]
         if "cost" in r5:
-            from .cost import markdown as cost_markdown
+            from qlass_lib.analysis.cost import markdown as cost_markdown
             out += ["## The whole cost (forward-token equivalents: generated, prompt and scored tokens once, training "
                     "tokens three times)", cost_markdown(r5["cost"])]
         if "ablation" in r5:

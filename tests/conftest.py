@@ -9,9 +9,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_tok(tmp_path_factory):
     """A byte-level BPE tokenizer trained locally, with the project's chat template."""
-    from qlass_lib.config import TinyModelConfig
-    from qlass_lib.models import build_tiny, load_tokenizer
-    from qlass_lib.config import ModelConfig
+    from qlass_lib.core.config import TinyModelConfig
+    from qlass_lib.models.loading import build_tiny, load_tokenizer
+    from qlass_lib.core.config import ModelConfig
     corpus = ["Action: look around", "Observation: This room is called the kitchen.", "Action: go to outside",
               "Task: find the animal with the longest life span", "Thought: I should look."] * 20
     d = build_tiny(tmp_path_factory.mktemp("tiny"), corpus,

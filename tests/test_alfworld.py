@@ -35,7 +35,7 @@ def test_first_games_of_a_type_spread_over_goal_objects():
     assert len({goal_object_of(g) for _, g in games[:7]}) == 3  # the sorted listing's first 7: three objects
     assert order[0] == games[0][0]  # the first game of the type stays the first
     assert spread_by_object([]) == []
-    from qlass_lib.config import ConfigError, load_config
+    from qlass_lib.core.config import ConfigError, load_config
     with pytest.raises(ConfigError, match="env.alfworld_order"):
         load_config(None, {"env": {"alfworld_order": "by_object"}})
     try:
@@ -89,8 +89,9 @@ def alf():
 
 
 def test_invalid_actions_are_observations(alf):
-    from qlass_lib.agent import Candidate, run_episode
-    from qlass_lib.prompts import NO_ACTION_OBSERVATION, parse_action
+    from qlass_lib.models.policy import Candidate
+    from qlass_lib.method.rollout import run_episode
+    from qlass_lib.text.prompts import NO_ACTION_OBSERVATION, parse_action
     assert parse_action("Thought: the mug is here.\nAction: take mug 1 from countertop 2") == "take mug 1 from countertop 2"
     assert parse_action("I think I should go to the fridge") is None
     task = alf.tasks("dev")[0]
@@ -123,7 +124,7 @@ PLANNER_STEPS = {"look_at_obj_in_light": 3, "pick_and_place_simple": 4, "pick_cl
 @pytest.fixture(scope="module")
 def planner_run(alf, tmp_path_factory):
     """The first valid_seen game of each task type, and the planner's replay-checked records of them."""
-    from qlass_lib.expert import generate_expert, read_jsonl
+    from qlass_lib.text.expert import generate_expert, read_jsonl
     firsts = {}
     for t in alf.tasks("dev"):
         firsts.setdefault(t.task_type.split("@")[0], t)
@@ -137,7 +138,7 @@ def test_planner_expert_wins_one_game_per_type_the_same_way_twice(alf, planner_r
     task type: it wins all six, in a known number of steps, and a second run (on two of them, to save time)
     writes the same actions."""
     from qlass_lib.envs.alfworld import TASK_TYPES
-    from qlass_lib.expert import generate_expert, read_jsonl
+    from qlass_lib.text.expert import generate_expert, read_jsonl
     assert alf.expert == "planner"
     firsts, stats, records = planner_run
     assert set(firsts) == set(TASK_TYPES)
@@ -160,9 +161,9 @@ def test_only_deterministic_experts_are_offered():
     pytest.importorskip("alfworld")
     if not DATA.is_dir():
         pytest.skip("shared ALFWorld data not present")
-    from qlass_lib.config import ConfigError
+    from qlass_lib.core.config import ConfigError
     from qlass_lib.envs.alfworld import EXPERTS, ALFWorldEnv
-    from qlass_lib.pipeline import load_run_config
+    from qlass_lib.run.pipeline import load_run_config
     assert EXPERTS == ("planner", "searcher")
     for bad in ("handcoded", "oracle"):
         with pytest.raises(EnvError, match=f"unknown ALFWorld expert '{bad}'.*planner.*searcher"):
@@ -183,8 +184,8 @@ def test_searcher_expert_searches_then_lets_the_planner_finish(tmp_path):
     from qlass_lib.envs import TaskRef
     from qlass_lib.envs.alfworld import ALFWorldEnv
     from qlass_lib.envs.alfworld_searcher import location_counts, receptacles_in, search_order
-    from qlass_lib.expert import generate_expert, read_jsonl
-    from qlass_lib.prompts import parse_action, parse_thought
+    from qlass_lib.text.expert import generate_expert, read_jsonl
+    from qlass_lib.text.prompts import parse_action, parse_thought
     assert receptacles_in("you see a cabinet 2, a cabinet 1, and a toilet 1.") == ["cabinet 2", "cabinet 1", "toilet 1"]
     assert search_order(["drawer 1", "bed 1", "desk 1"], "book", {"book": {"bed": 5, "desk": 5}}) == \
         ["bed 1", "desk 1", "drawer 1"]
@@ -222,9 +223,9 @@ def test_recovery_commands_do_nothing_in_the_real_game(alf, planner_run):
     """Every invalid command a recovery copy may insert (``bc.recovery_copies``) gets "Nothing happens." in the
     real game and leaves it unchanged: at every state of the planner's path on two valid_seen games all of them
     are executed, and the expert's next command still gets the observation recorded without them, up to the win."""
-    from qlass_lib.expert import to_messages
-    from qlass_lib.prompts import observation_turn, parse_action
-    from qlass_lib.recovery import NOTHING, invalid_commands, receptacle_types
+    from qlass_lib.text.expert import to_messages
+    from qlass_lib.text.prompts import observation_turn, parse_action
+    from qlass_lib.text.recovery import NOTHING, invalid_commands, receptacle_types
     firsts, _, records = planner_run
     tasks = [firsts["look_at_obj_in_light"], firsts["pick_and_place_simple"]]
     recs = [records[t.id] for t in tasks]
@@ -252,7 +253,7 @@ def test_recovery_commands_do_nothing_in_the_real_game(alf, planner_run):
 def test_failure_steps_of_hand_made_episodes():
     """Each episode lands on the first step of the searcher's way it missed; the counts of "Nothing happens.",
     `go to` where the agent stands and `go to` a receptacle the room lacks follow the recorded turns."""
-    from qlass_lib.envs.alfworld_failures import classify
+    from qlass_lib.analysis.alfworld_failures import classify
     room = "You are in the middle of a room. Looking quickly around you, you see a desk 1, a shelf 1, and a bed 1."
 
     def turn(action, obs):

@@ -1,7 +1,8 @@
 import pytest
 
-from qlass_lib import bc, prompts
-from qlass_lib.expert import to_conversations
+from qlass_lib.method import bc
+from qlass_lib.text import prompts
+from qlass_lib.text.expert import to_conversations
 
 
 def _conv(n_turns, obs_words=3):
@@ -58,8 +59,8 @@ def test_long_conversation_truncates_from_left_keeping_current_turn(tiny_tok):
 
 def test_loss_ignores_user_tokens(tiny_tok):
     import torch
-    from qlass_lib.config import ModelConfig
-    from qlass_lib.models import load_model
+    from qlass_lib.core.config import ModelConfig
+    from qlass_lib.models.loading import load_model
     tok, path = tiny_tok
     cfg = ModelConfig(bf16=False, device="cpu")
     model = load_model(str(path), cfg)
@@ -77,8 +78,8 @@ def test_tiny_pretraining_supervises_every_token_and_resumes(tiny_tok, tmp_path)
     import json
     from dataclasses import replace
     from safetensors.torch import load_file
-    from qlass_lib.config import RunConfig
-    from qlass_lib import pretrain
+    from qlass_lib.core.config import RunConfig
+    from qlass_lib.method import pretrain
     tok, path = tiny_tok
     cfg = RunConfig()
     cfg.model = replace(cfg.model, bf16=False, device="cpu")
@@ -102,10 +103,10 @@ def test_tiny_pretraining_supervises_every_token_and_resumes(tiny_tok, tmp_path)
 def test_copy_drills_supervise_only_the_copies(tiny_tok):
     """A copy drill is span, separator, the same span, separator (repeated); only the second copies and their
     closing separator carry labels; the same seed cuts the same drills; shuffled drills permute each span, random ones draw from the token set."""
-    from qlass_lib.bc import IGNORE
-    from qlass_lib.pretrain import copy_accuracy, copy_drills
-    from qlass_lib.config import ModelConfig
-    from qlass_lib.models import load_model
+    from qlass_lib.method.bc import IGNORE
+    from qlass_lib.method.pretrain import copy_accuracy, copy_drills
+    from qlass_lib.core.config import ModelConfig
+    from qlass_lib.models.loading import load_model
     ids = list(range(10, 400))
     a, b = copy_drills(ids, 3, 1, seed=5), copy_drills(ids, 3, 1, seed=5)
     assert [(x.input_ids, x.labels) for x in a] == [(x.input_ids, x.labels) for x in b]
@@ -140,9 +141,9 @@ def test_copy_first_phase_runs_alone_at_a_constant_rate_and_resumes(tiny_tok, tm
     import json
     from dataclasses import replace
     from safetensors.torch import load_file
-    from qlass_lib import pretrain
-    from qlass_lib.config import RunConfig
-    from qlass_lib.training import lr_factor
+    from qlass_lib.method import pretrain
+    from qlass_lib.core.config import RunConfig
+    from qlass_lib.models.training import lr_factor
     assert [lr_factor(s, 5, 60, decay_start=60) for s in (0, 4, 5, 30, 59)] == [0.2, 1.0, 1.0, 1.0, 1.0]
     tok, path = tiny_tok
     recs = [{"id": f"t_{i}", "conversations": to_conversations(_conv(3))} for i in range(4)]
@@ -177,7 +178,7 @@ def test_a_copy_phase_stopped_by_the_clock_is_named_as_a_guard_hit(tmp_path):
     """A pretraining whose copy-first phase stopped on the wall-clock guard depends on the machine's speed:
     the stage manifest's guard list names its result file, as it does for a top-level stop."""
     import json
-    from qlass_lib.artifacts import guard_hits
+    from qlass_lib.core.artifacts import guard_hits
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "pretrain_result.json").write_text(json.dumps({"stopped": "steps", "copy_phase": {"stopped": "time"}}))
     (tmp_path / "bc_result.json").write_text(json.dumps({"stopped": "steps", "copy_phase": {"stopped": "target_accuracy"}}))
@@ -188,8 +189,8 @@ def test_loss_on_supervised_positions_equals_full_logits_cross_entropy(tiny_tok)
     """The output layer runs only where a supervised token is predicted; loss and gradients are those of the
     cross-entropy over every position's logits with the others ignored (two padded examples, LoRA on)."""
     import torch
-    from qlass_lib.config import ModelConfig
-    from qlass_lib.models import load_model
+    from qlass_lib.core.config import ModelConfig
+    from qlass_lib.models.loading import load_model
     tok, path = tiny_tok
     cfg = ModelConfig(bf16=False, device="cpu", lora_r=4, lora_alpha=8)
     torch.manual_seed(0)

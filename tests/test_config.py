@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qlass_lib.config import ConfigError, RunConfig, field_docs, load_config
+from qlass_lib.core.config import ConfigError, RunConfig, field_docs, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

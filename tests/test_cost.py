@@ -1,10 +1,10 @@
-"""The whole-cost accounting (qlass_lib.cost) by hand on a made-up run."""
+"""The whole-cost accounting (qlass_lib.analysis.cost) by hand on a made-up run."""
 import json
 
 import pandas as pd
 import pytest
 
-from qlass_lib import cost
+from qlass_lib.analysis import cost
 
 
 def _run(tmp_path):

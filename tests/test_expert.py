@@ -1,6 +1,6 @@
 import json
 
-from qlass_lib import expert, prompts
+from qlass_lib.text import expert, prompts
 
 
 def test_with_looks_inserts_after_moves_once():

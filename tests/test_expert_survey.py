@@ -10,7 +10,7 @@ import pytest
 from qlass_lib import cli
 from qlass_lib.envs.base import TaskRef
 from qlass_lib.envs.scripted import ScriptedEnv, secret_for
-from qlass_lib.expert_survey import run_survey, sample_tasks, summary, survey_task
+from qlass_lib.diagnostics.expert_survey import run_survey, sample_tasks, summary, survey_task
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "alfworld"

@@ -7,10 +7,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from qlass_lib.budget import Budget
-from qlass_lib.config import ConfigError, GenerationConfig, SamplingConfig, load_config
-from qlass_lib.generation import GenerationServerError, ServerPolicy
-from qlass_lib.prompts import fitted_prompt, initial_state
+from qlass_lib.core.budget import Budget
+from qlass_lib.core.config import ConfigError, GenerationConfig, SamplingConfig, load_config
+from qlass_lib.models.generation import GenerationServerError, ServerPolicy
+from qlass_lib.text.prompts import fitted_prompt, initial_state
 
 
 class Scripted(BaseHTTPRequestHandler):
@@ -131,7 +131,7 @@ def test_a_server_that_keeps_failing_stops_with_its_url(tiny_tok, scripted):
 
 
 def test_no_server_at_all_is_one_clear_error(tiny_tok):
-    from qlass_lib.server import free_port
+    from qlass_lib.models.server import free_port
     tok, _ = tiny_tok
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(GenerationServerError, match="start the server again"):

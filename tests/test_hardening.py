@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlass_lib import pipeline
-from qlass_lib.artifacts import ArtifactError, ResumableLog, append_jsonl
+from qlass_lib.run import pipeline
+from qlass_lib.core.artifacts import ArtifactError, ResumableLog, append_jsonl
 from qlass_lib.cli import main as cli
-from qlass_lib.config import ConfigError, load_config
-from qlass_lib.context import STAGES
+from qlass_lib.core.config import ConfigError, load_config
+from qlass_lib.core.series import STAGES
 from test_integrity import FakeExecutor, _run, project  # noqa: F401 (the fixture)
 
 
@@ -40,7 +40,7 @@ def test_check_refuses_a_bad_run_id_in_the_params_file(tmp_path, capsys):
 
 # -- 2. the wall-clock guard -----------------------------------------------------------------------------------
 def _loop(minutes, state, saved):
-    from qlass_lib.training import Schedule, train_loop
+    from qlass_lib.models.training import Schedule, train_loop
     w = torch.nn.Parameter(torch.zeros(3))
     opt = torch.optim.SGD([w], lr=0.1)
     for g in opt.param_groups:
@@ -51,7 +51,7 @@ def _loop(minutes, state, saved):
 
 
 def test_a_wall_clock_guard_fails_training_loudly_and_a_raised_guard_resumes():
-    from qlass_lib.training import LoopState, WallClockGuardHit
+    from qlass_lib.models.training import LoopState, WallClockGuardHit
     saved = []
     with pytest.raises(WallClockGuardHit, match=r"bc\.max_minutes = 1e-09 min at step 1 of 10.*--set bc\.max_minutes="):
         _loop(1e-9, LoopState(), saved)
@@ -115,7 +115,7 @@ def test_a_manifest_without_its_wall_time_is_an_error_in_report(project, capsys)
 
 
 def test_report_and_inspect_name_a_stage_whose_files_fail_their_checksums(project, capsys):
-    from qlass_lib.inspector import write_html
+    from qlass_lib.viz.inspector import write_html
     run = _finished(project)
     f = run / STAGES["04"] / "out.json"
     f.write_text(f.read_text()[:-3])  # a cut file (as a truncated value_head.safetensors or trees_q.jsonl)
@@ -129,7 +129,7 @@ def test_report_and_inspect_name_a_stage_whose_files_fail_their_checksums(projec
 
 
 def test_the_inspector_page_survives_script_comment_payloads():
-    from qlass_lib.inspector import page
+    from qlass_lib.viz.inspector import page
     payload = [{"obs": "<!--<script>", "b": "</script><script>alert(1)</script>", "c": "<img src=x onerror=alert(1)>"}]
     html = page("<t>", payload)
     data = html[html.index("const TREES = ") + len("const TREES = "):]
@@ -171,7 +171,7 @@ def _serve(handler):
 
 def test_an_api_key_is_not_sent_on_after_a_redirect():
     import openai
-    from qlass_lib.paraphrase import OpenAIParaphraser
+    from qlass_lib.text.paraphrase import OpenAIParaphraser
     Other = type("Other", (_Recorder,), {"seen": [], "redirect_to": None})
     other = _serve(Other)
     First = type("First", (_Recorder,), {"seen": [],
@@ -203,10 +203,10 @@ def test_check_refuses_a_key_for_a_plain_http_remote_before_any_work(tmp_path, m
 
 # -- 5. an episode cut by a dying environment is played again ---------------------------------------------------
 def test_an_episode_cut_by_a_dying_environment_is_played_again_not_scored(tmp_path):
-    from qlass_lib.agent import Candidate
+    from qlass_lib.models.policy import Candidate
     from qlass_lib.envs.scripted import ScriptedEnv, secret_for
-    from qlass_lib.evaluation import evaluate
-    from qlass_lib.executor import local
+    from qlass_lib.method.evaluation import evaluate
+    from qlass_lib.method.executor import local
 
     class Mortal(ScriptedEnv):
         dead, kill_at = False, None
@@ -273,8 +273,8 @@ def test_a_changed_data_file_makes_the_run_stale(project):
 # -- 7. a notebook opened by hand holds the run ----------------------------------------------------------------
 def test_a_notebook_opened_by_hand_holds_the_run_against_runners_and_other_kernels(tmp_path, monkeypatch):
     import os
-    from qlass_lib import runlock
-    from qlass_lib.runlock import RunLocked, RunnerLock, claim_for_kernel
+    from qlass_lib.run import runlock
+    from qlass_lib.run.runlock import RunLocked, RunnerLock, claim_for_kernel
     monkeypatch.delenv(runlock.RUNNER_ENV, raising=False)
     monkeypatch.setattr(runlock, "_in_notebook_kernel", lambda: True)
     run = tmp_path / "r"

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from qlass_lib import qvalues
+from qlass_lib.method import qvalues
 from qlass_lib.envs import TaskRef
-from qlass_lib.inspector import tree_payload, write_html
-from qlass_lib.tree import Tree
+from qlass_lib.viz.inspector import tree_payload, write_html
+from qlass_lib.method.tree import Tree
 
 from test_qvalues import _tree
 

@@ -11,12 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qlass_lib import pipeline
-from qlass_lib.artifacts import (ArtifactError, append_jsonl, read_json, read_jsonl, repair_jsonl, write_json,
-                                 write_jsonl)
-from qlass_lib.config import ConfigError
-from qlass_lib.context import STAGES
-from qlass_lib.runlock import RunLocked, RunnerLock, claim_for_kernel
+from qlass_lib.run import pipeline
+from qlass_lib.core.artifacts import (
+    ArtifactError,
+    append_jsonl,
+    read_json,
+    read_jsonl,
+    repair_jsonl,
+    write_json,
+    write_jsonl,
+)
+from qlass_lib.core.config import ConfigError
+from qlass_lib.core.series import STAGES
+from qlass_lib.run.runlock import RunLocked, RunnerLock, claim_for_kernel
 
 
 @pytest.fixture()
@@ -205,16 +212,16 @@ def test_a_runner_waits_for_a_leftover_kernel(tmp_path):
     ({"env": {"name": "alfworld", "task_types": ["pick_and_fly"], "data_dir": "."}}, r"unknown ALFWorld task types"),
 ])
 def test_nonsense_values_fail_in_check(override, message):
-    from qlass_lib.config import load_config
-    from qlass_lib.context import project_root
-    from qlass_lib.preflight import preflight
+    from qlass_lib.core.config import load_config
+    from qlass_lib.core.paths import project_root
+    from qlass_lib.run.preflight import preflight
     with pytest.raises(ConfigError, match=message):
         preflight(load_config(None, override), project_root())
 
 
 def test_empty_data_folders_fail_in_check(tmp_path):
-    from qlass_lib.config import load_config
-    from qlass_lib.preflight import preflight
+    from qlass_lib.core.config import load_config
+    from qlass_lib.run.preflight import preflight
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"lacks the WebShop files"):
         preflight(load_config(None, {"env": {"name": "webshop", "task_types": ["webshop"], "data_dir": str(tmp_path / "empty")}}), tmp_path)
@@ -224,9 +231,9 @@ def test_empty_data_folders_fail_in_check(tmp_path):
 
 
 def test_an_unreachable_hub_model_fails_before_any_work(monkeypatch):
-    from qlass_lib.config import load_config
-    from qlass_lib.context import project_root
-    from qlass_lib.preflight import preflight
+    from qlass_lib.core.config import load_config
+    from qlass_lib.core.paths import project_root
+    from qlass_lib.run.preflight import preflight
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = load_config(None, {"env": {"name": "scripted", "task_types": ["doors"]},
                              "model": {"model_name_or_path": "someone/not-cached-model"}})
@@ -235,7 +242,7 @@ def test_an_unreachable_hub_model_fails_before_any_work(monkeypatch):
 
 
 def test_yaml_syntax_errors_and_float_text():
-    from qlass_lib.config import load_config
+    from qlass_lib.core.config import load_config
     import tempfile
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write("bc:\n  learning_rate: 1e-3\n  max_length: [\n")
@@ -247,9 +254,10 @@ def test_yaml_syntax_errors_and_float_text():
 
 
 def test_an_env_that_raises_is_counted_and_stops_the_stage():
-    from qlass_lib.agent import Candidate, run_episode
+    from qlass_lib.models.policy import Candidate
+    from qlass_lib.method.rollout import run_episode
     from qlass_lib.envs.scripted import ScriptedEnv
-    from qlass_lib.evaluation import check_env_errors, summarize
+    from qlass_lib.method.evaluation import check_env_errors, summarize
 
     class Dying(ScriptedEnv):
         def _step(self, action):
@@ -269,7 +277,7 @@ def test_an_env_that_raises_is_counted_and_stops_the_stage():
 
 
 def test_a_key_never_travels_over_plain_http():
-    from qlass_lib.paraphrase import OpenAIParaphraser
+    from qlass_lib.text.paraphrase import OpenAIParaphraser
     with pytest.raises(ValueError, match="plain HTTP"):
         OpenAIParaphraser("http://api.example.com/v1", "m", api_key="sk-x")
     OpenAIParaphraser("http://127.0.0.1:8000/v1", "m", api_key="sk-x")
@@ -280,11 +288,11 @@ def test_a_key_never_travels_over_plain_http():
 def test_killed_and_resumed_search_equals_an_uninterrupted_one(tiny_tok, tmp_path):
     """Per-episode seeding: a stage interrupted after some episodes and resumed writes the same episodes."""
     import torch
-    from qlass_lib import search
-    from qlass_lib.agent import Policy
-    from qlass_lib.config import ModelConfig, SamplingConfig
+    from qlass_lib.method import search
+    from qlass_lib.models.policy import Policy
+    from qlass_lib.core.config import ModelConfig, SamplingConfig
     from qlass_lib.envs.scripted import ScriptedEnv
-    from qlass_lib.models import load_model
+    from qlass_lib.models.loading import load_model
     tok, path = tiny_tok
     cfg = ModelConfig(device="cpu", bf16=False)
     torch.manual_seed(0)
@@ -292,7 +300,7 @@ def test_killed_and_resumed_search_equals_an_uninterrupted_one(tiny_tok, tmp_pat
     env, samp = ScriptedEnv(max_turns=2), SamplingConfig(temperature=1.0, max_new_tokens=6)
     tasks = env.tasks("train")[:2]
 
-    from qlass_lib.executor import local
+    from qlass_lib.method.executor import local
     runner = local(env, pol)
 
     def chooser(ws, b, i):
@@ -367,7 +375,7 @@ def test_switching_backend_or_executor_is_not_a_params_change(project):
 
 
 def test_fewer_annotations_runs_one_series_per_expert_share(project):
-    from qlass_lib import annotations
+    from qlass_lib.diagnostics import annotations
     root, p = project
     ex = FakeExecutor()
     dirs = annotations.run_fractions(str(p), [1.0, 0.5], root=root, execute=ex, log=lambda m: None)

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from qlass_lib import prompts
-from qlass_lib.agent import Policy
-from qlass_lib.config import ModelConfig, SamplingConfig
-from qlass_lib.kvcache import PrefixCache
-from qlass_lib.qnet import QNet
+from qlass_lib.text import prompts
+from qlass_lib.models.policy import Policy
+from qlass_lib.core.config import ModelConfig, SamplingConfig
+from qlass_lib.models.kvcache import PrefixCache
+from qlass_lib.method.qnet import QNet
 
 STEPS = [("Action: look around", "This room is called the kitchen. You see a fridge."),
          ("Action: go to outside", "You move to the outside."),
@@ -25,7 +25,7 @@ def _states(task: str):
 
 @pytest.fixture()
 def model(tiny_tok):
-    from qlass_lib.models import load_model
+    from qlass_lib.models.loading import load_model
     tok, path = tiny_tok
     torch.manual_seed(0)
     return load_model(str(path), ModelConfig(device="cpu", bf16=False)), tok
@@ -100,7 +100,7 @@ def test_a_forward_without_cache_reads_no_deprecated_cache_name(model, caplog):
     transformers log its `past_key_values` deprecation (it did, once per process, on every QNet training)."""
     import logging
 
-    from qlass_lib.models import returned_cache
+    from qlass_lib.models.loading import returned_cache
     m, tok = model
     ids = torch.tensor([tok("Action: look around")["input_ids"]])
     with caplog.at_level(logging.WARNING, logger="transformers"):
@@ -144,9 +144,9 @@ def test_branch_reuse_keeps_the_common_prefix_by_hand():
 def test_trees_with_branch_reuse_equal_trees_without_the_cache(model, tmp_path):
     """Trees jump between branches: with the cache (and its branch reuse) every tree is the one built without any
     cache, and the prompt tokens computed drop."""
-    from qlass_lib.config import TreeConfig
+    from qlass_lib.core.config import TreeConfig
     from qlass_lib.envs.scripted import ScriptedEnv
-    from qlass_lib.tree import TreeBuilder
+    from qlass_lib.method.tree import TreeBuilder
     env = ScriptedEnv()
     cfg = TreeConfig(depth=2, width=2, max_rollouts=4, sampling=SamplingConfig(temperature=1.5, max_new_tokens=8))
     out = {}

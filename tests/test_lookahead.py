@@ -1,10 +1,10 @@
 """The lookahead diagnostic on the scripted doors game, where every value is known by hand."""
 import json
 
-from qlass_lib import lookahead
-from qlass_lib.agent import Candidate
-from qlass_lib.budget import Budget
-from qlass_lib.config import SamplingConfig
+from qlass_lib.diagnostics import lookahead
+from qlass_lib.models.policy import Candidate
+from qlass_lib.core.budget import Budget
+from qlass_lib.core.config import SamplingConfig
 from test_search import SpyEnv  # records every action that reaches the environment
 
 
@@ -82,7 +82,7 @@ def test_one_distinct_candidate_is_not_scored():
     oracle = lookahead.Lookahead(env2, Same())
     b = Budget()
     ch = lookahead.ranked_chooser("qnet", Same(), PrefersGreen(), oracle, env.tasks("train")[0], 2, SamplingConfig(), b)
-    from qlass_lib.agent import run_episode
+    from qlass_lib.method.rollout import run_episode
     ep = run_episode(env, env.tasks("train")[0], ch, b)
     assert ep.reward == 1.0 and oracle.rollouts == 0 and b.qnet_calls == 0 and env2.executed == []
     assert all(t["distinct"] == 1 and t["candidates"][0]["lookahead"] is None for t in ep.turns)

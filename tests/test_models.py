@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from qlass_lib import models
-from qlass_lib.config import ModelConfig
+from qlass_lib.models import loading as models
+from qlass_lib.core.config import ModelConfig
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
@@ -59,7 +59,7 @@ def test_char_ids_make_every_asin_character_one_token(tmp_path):
     """With model.tiny.char_ids an ASIN is the same per-character tokens on a page and inside click[...];
     other text keeps its BPE pieces, and decoding gives back the exact text."""
     from transformers import AutoTokenizer
-    from qlass_lib.config import TinyModelConfig
+    from qlass_lib.core.config import TinyModelConfig
     corpus = [f"[SEP] B0{i:02d}XYZ{i:03d} [SEP] cotton shirt, large\nclick[B0{i:02d}XYZ{i:03d}]" for i in range(60)]
     tiny = TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, vocab_size=400)
     for char_ids in (False, True):
@@ -111,7 +111,7 @@ def test_cpu_bf16_needs_the_instructions_not_only_onednn(monkeypatch):
 
 def test_a_lora_policy_is_merged_once_into_a_servable_folder(tiny_tok, tmp_path):
     """vLLM serves full models: a LoRA policy is merged into its base beside it, with the same logits."""
-    from qlass_lib.server import servable
+    from qlass_lib.models.server import servable
     tok, path = tiny_tok
     cfg = ModelConfig(device="cpu", bf16=False, lora_r=4, lora_alpha=8)
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ def _cells(nb):
 
 
 def test_every_stage_has_a_notebook():
-    from qlass_lib.context import STAGES
+    from qlass_lib.core.series import STAGES
     assert [p.stem for p in NOTEBOOKS] == list(STAGES.values())
 
 

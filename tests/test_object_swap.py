@@ -2,9 +2,9 @@
 and actions only, to a goal type the episode never mentions, and copies are seeded."""
 import pytest
 
-from qlass_lib import prompts
-from qlass_lib.expert import to_conversations, to_messages
-from qlass_lib.object_swap import add_object_swaps, goal_type, swap_copy, words
+from qlass_lib.text import prompts
+from qlass_lib.text.expert import to_conversations, to_messages
+from qlass_lib.text.object_swap import add_object_swaps, goal_type, swap_copy, words
 
 TASK = "Your task is to: put some knife on diningtable."
 
@@ -65,7 +65,7 @@ def test_copies_draw_unmentioned_goal_types_and_are_seeded():
 
 
 def test_object_swap_copies_are_alfworld_only():
-    from qlass_lib.config import ConfigError, load_config
+    from qlass_lib.core.config import ConfigError, load_config
     with pytest.raises(ConfigError, match="bc.object_swap_copies"):
         load_config(None, {"bc": {"object_swap_copies": 1}})
     assert load_config(None, {"bc": {"object_swap_copies": 1}, "env": {"name": "alfworld"}}).bc.object_swap_copies == 1

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlass_lib import packaged, prompts
-from qlass_lib.config import ConfigError, ModelConfig, load_config
-from qlass_lib.packaged import PACKAGED, PackagedModel, PackagedModelError
+from qlass_lib.models import packaged
+from qlass_lib.text import prompts
+from qlass_lib.core.config import ConfigError, ModelConfig, load_config
+from qlass_lib.models.packaged import PACKAGED, PackagedModel, PackagedModelError
 
 NAME = "smollm2-135m-instruct"
 SPEC = PACKAGED[NAME]
@@ -26,7 +27,7 @@ def folder():
 
 @pytest.fixture(scope="module")
 def tok(folder):
-    from qlass_lib.models import load_tokenizer
+    from qlass_lib.models.loading import load_tokenizer
     return load_tokenizer(NAME, ModelConfig())
 
 
@@ -72,7 +73,7 @@ def test_loads_through_plain_from_pretrained_and_answers(folder, tok):
 
 
 def test_the_project_loader_adds_lora_to_the_packaged_model():
-    from qlass_lib.models import load_model
+    from qlass_lib.models.loading import load_model
     cfg = ModelConfig(model_name_or_path=NAME, lora_r=4, lora_alpha=8, device="cpu", bf16=False,
                       lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     model = load_model(NAME, cfg, train=True)
@@ -102,7 +103,7 @@ def test_other_version_or_altered_file_is_refused(monkeypatch):
 
 
 def test_preflight_refuses_a_broken_package_before_any_work(monkeypatch):
-    from qlass_lib.preflight import check_model
+    from qlass_lib.run.preflight import check_model
     cfg = load_config(None, {"model": {"model_name_or_path": NAME}})
     check_model(cfg, Path("."))  # installed and intact: passes
     _swap(monkeypatch, package="qlass-no-such-package")

@@ -1,19 +1,19 @@
-"""The BC policy's own sibling ranking (qlass_lib.prior): exact log-probabilities, and the accuracy it scores."""
+"""The BC policy's own sibling ranking (qlass_lib.method.prior): exact log-probabilities, and the accuracy it scores."""
 import json
 import math
 
 import pytest
 import torch
 
-from qlass_lib import prompts
-from qlass_lib.config import ModelConfig
-from qlass_lib.prior import action_logprobs, prior_sibling_metrics
-from qlass_lib.qnet import encode_pair
+from qlass_lib.text import prompts
+from qlass_lib.core.config import ModelConfig
+from qlass_lib.method.prior import action_logprobs, prior_sibling_metrics
+from qlass_lib.method.qnet import encode_pair
 
 
 @pytest.fixture()
 def policy(tiny_tok):
-    from qlass_lib.models import load_model
+    from qlass_lib.models.loading import load_model
     tok, path = tiny_tok
     torch.manual_seed(0)
     model = load_model(str(path), ModelConfig(device="cpu", bf16=False))
@@ -67,8 +67,8 @@ def test_prior_sibling_accuracy_follows_the_policy_preference(policy, tmp_path):
 def test_candidate_logprob_is_the_teacher_forced_sum_of_its_tokens(policy, kv_cache):
     """The log-probability a candidate carries from generation (raw logits, temperature 1) equals a forward
     pass over prompt + generated tokens, for sampled (T=0.7, with and without the prefix cache) and greedy turns."""
-    from qlass_lib.agent import Policy
-    from qlass_lib.config import SamplingConfig
+    from qlass_lib.models.policy import Policy
+    from qlass_lib.core.config import SamplingConfig
     model, tok = policy
     pol = Policy(model, tok, ModelConfig(device="cpu", bf16=False, kv_cache=kv_cache), 512)
     state = _rows()[0]["state"]
@@ -86,7 +86,7 @@ def test_candidate_logprob_is_the_teacher_forced_sum_of_its_tokens(policy, kv_ca
 def test_prior_weight_sweep_moves_from_the_qnet_to_the_policy(policy, tmp_path):
     """w = 0 scores the QNet alone, w = inf the policy alone; with a QNet that is constant within each group
     the policy decides at every w > 0, and the best finite weight is the smallest that reaches the top."""
-    from qlass_lib.prior import best_prior_weight, prior_weight_sweep
+    from qlass_lib.method.prior import best_prior_weight, prior_weight_sweep
     model, tok = policy
     rows = _rows()
     lp = action_logprobs(model, tok, rows, 512)

@@ -1,4 +1,4 @@
-from qlass_lib import prompts
+from qlass_lib.text import prompts
 
 
 def test_parse_action_basic():

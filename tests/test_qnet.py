@@ -1,17 +1,17 @@
 import pytest
 import torch
 
-from qlass_lib import prompts
-from qlass_lib.budget import Budget
-from qlass_lib.config import ModelConfig, QNetConfig
-from qlass_lib.qnet import QNet, encode_pair, last_index, load_qnet, pad
-from qlass_lib.qnet_metrics import evaluate_qnet
-from qlass_lib.qnet_train import train_qnet
+from qlass_lib.text import prompts
+from qlass_lib.core.budget import Budget
+from qlass_lib.core.config import ModelConfig, QNetConfig
+from qlass_lib.method.qnet import QNet, encode_pair, last_index, load_qnet, pad
+from qlass_lib.method.qnet_metrics import evaluate_qnet
+from qlass_lib.method.qnet_train import train_qnet
 
 
 @pytest.fixture(params=["last", "mean"])
 def qnet(tiny_tok, request):
-    from qlass_lib.models import load_model
+    from qlass_lib.models.loading import load_model
     tok, path = tiny_tok
     torch.manual_seed(0)
     cfg = ModelConfig(device="cpu", bf16=False)
@@ -36,7 +36,7 @@ def test_last_index_left_and_right():
 
 
 def test_span_mean_by_hand():
-    from qlass_lib.qnet import span_mean
+    from qlass_lib.method.qnet import span_mean
     h = torch.tensor([[1.0, 2.0, 4.0, 8.0, 16.0, 32.0]])[..., None]
     m = torch.tensor([[0, 1, 1, 0, 1, 1]])
     want = [1.0, 2.0, 3.0, 8.0, 16.0, 24.0]  # two runs averaged apart; tokens outside keep their value
@@ -78,7 +78,7 @@ def test_action_mask_covers_the_candidate_only(qnet):
 
 def test_losses_and_batch_training_reduce_error(qnet):
     state = _state()
-    from qlass_lib.qnet_train import _batch, _example, _segments, predict
+    from qlass_lib.method.qnet_data import _batch, _example, _segments, predict
     exs = []
     for i, c in enumerate(CANDS * 3):
         ids, am = encode_pair(qnet.tokenizer, state, c, 512)
@@ -128,7 +128,7 @@ def test_evaluate_qnet_by_hand():
 
 def export_two_trees(out_dir) -> None:
     """Stage 03's files (per node and packed by path) for two copies of the hand-built test tree, all training."""
-    from qlass_lib import qvalues
+    from qlass_lib.method import qvalues
     from test_qvalues import _tree
     trees = []
     for v in range(2):
@@ -142,7 +142,7 @@ def export_two_trees(out_dir) -> None:
 def test_path_packing_sees_the_same_context_as_per_node_examples(qnet, tmp_path):
     """Every node is labeled once across paths, with the target of its node, and the value read at the end
     of its turn inside a packed path equals the value of its own (state, candidate) example."""
-    from qlass_lib.qnet_train import load_examples, load_path_examples
+    from qlass_lib.method.qnet_data import load_examples, load_path_examples
     export_two_trees(tmp_path)
     per_node = {(e["task"], e["node"]): e for e in load_examples(qnet, tmp_path / "qnet_train.jsonl")}
     packed = load_path_examples(qnet, tmp_path / "qnet_paths_train.jsonl")
@@ -159,7 +159,7 @@ def test_path_packing_sees_the_same_context_as_per_node_examples(qnet, tmp_path)
                 solo = qnet.values(torch.tensor([ref["ids"]]), torch.ones(1, len(ref["ids"]), dtype=torch.long),
                                    torch.tensor([ref["action_mask"]]))[0]
                 assert float(v[i]) == pytest.approx(float(solo), abs=1e-4)
-    from qlass_lib.qnet_train import node_records, predict, predict_paths
+    from qlass_lib.method.qnet_data import node_records, predict, predict_paths
     batched = predict_paths(qnet, packed, batch_size=3)  # padded batches of paths: the same values
     nodes = node_records(tmp_path / "qnet_train.jsonl")
     assert {(n["task"], n["node"]) for n in nodes} == set(batched)
@@ -176,7 +176,7 @@ ROOMS = ["kitchen", "hallway", "garden", "cellar", "attic", "library", "bathroom
 
 def _groups(tok, rooms, seed):
     import random
-    from qlass_lib.qnet_train import _example, _segments
+    from qlass_lib.method.qnet_data import _example, _segments
     exs, rng = [], random.Random(seed)
     for room in rooms:
         for rep in range(3):
@@ -191,8 +191,8 @@ def _groups(tok, rooms, seed):
 
 def _ranking_setup(tmp_path_factory, name, pool="last"):
     """A fresh seeded tiny QNet, and the training and held-out sibling groups."""
-    from qlass_lib.config import TinyModelConfig
-    from qlass_lib.models import build_tiny, load_model, load_tokenizer
+    from qlass_lib.core.config import TinyModelConfig
+    from qlass_lib.models.loading import build_tiny, load_model, load_tokenizer
     corpus = [f"You are in the {r}. Action: {a}" for r in ROOMS for a in VALUES] * 3
     d = build_tiny(tmp_path_factory.mktemp(name), corpus,
                    TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300))
@@ -212,7 +212,7 @@ def test_qnet_trained_on_fixed_groups_beats_random_siblings_on_held_out_ones(tmp
     res = train_qnet(q, train, held, QNetConfig(epochs=30, batch_size=9, learning_rate=1e-3, backbone_lr_scale=1.0,
                                                 warmup_steps=5, eval_every=10, loss=loss, select="last"))
     assert res["steps"] == 150 and res["stopped"] == "epochs" and res["selected_step"] == 150
-    from qlass_lib.qnet_train import predict
+    from qlass_lib.method.qnet_data import predict
     m_held, m_train = evaluate_qnet(predict(q, held), held), evaluate_qnet(predict(q, train), train)
     assert m_held["sibling_groups"] == 9 and m_held["sibling_random_baseline"] < 0.4
     assert m_held["sibling_accuracy"] >= m_held["sibling_random_baseline"] + 0.4
@@ -223,7 +223,7 @@ def test_checkpoint_selection_restores_the_best_validation_step(tmp_path_factory
     q, train, held = _ranking_setup(tmp_path_factory, "qsel")
     res = train_qnet(q, train, held, QNetConfig(epochs=8, batch_size=9, learning_rate=1e-3, backbone_lr_scale=1.0,
                                                 warmup_steps=5, eval_every=5, loss="last_token", select="val_mse"))
-    from qlass_lib.qnet_train import predict
+    from qlass_lib.method.qnet_data import predict
     checks = [h for h in res["history"] if "val_mse" in h]
     best = min(checks, key=lambda h: h["val_mse"])
     assert res["selected_step"] == best["step"] and len(checks) >= 8
@@ -234,7 +234,7 @@ def test_checkpoint_selection_restores_the_best_validation_step(tmp_path_factory
 def test_frozen_backbone_trains_the_head_on_cached_features(tmp_path_factory, pool):
     """backbone_lr_scale=0 + last-token loss: features computed once; the head trained on them gives the same
     values as the full model's read-out, and the backbone is untouched."""
-    from qlass_lib.qnet_train import last_token_features, predict
+    from qlass_lib.method.qnet_train import last_token_features, predict
     q, train, held = _ranking_setup(tmp_path_factory, "qfrozen", pool)
     before = {k: v.clone() for k, v in q.lm.state_dict().items()}
     res = train_qnet(q, train, held, QNetConfig(epochs=10, batch_size=9, learning_rate=1e-3, backbone_lr_scale=0.0,
@@ -256,8 +256,8 @@ def test_a_qnet_from_a_lora_policy_reloads_with_the_same_scores(tiny_tok, tmp_pa
     (reloading it on top of the policy would apply the policy's adapter twice)."""
     import json
 
-    from qlass_lib.models import load_model, save_policy
-    from qlass_lib.qnet import from_policy
+    from qlass_lib.models.loading import load_model, save_policy
+    from qlass_lib.method.qnet import from_policy
     tok, path = tiny_tok
     cfg = ModelConfig(device="cpu", bf16=False, lora_r=4, lora_alpha=8)
     torch.manual_seed(0)
@@ -276,7 +276,7 @@ def test_a_qnet_from_a_lora_policy_reloads_with_the_same_scores(tiny_tok, tmp_pa
 
 def test_scored_tokens_count_what_runs_through_the_model(tiny_tok):
     """The budget charges the QNet the prefix tokens its KV cache did not hold plus each candidate's suffix."""
-    from qlass_lib.models import load_model
+    from qlass_lib.models.loading import load_model
     tok, path = tiny_tok
     cfg = ModelConfig(device="cpu", bf16=False, kv_cache=True)
     q = QNet(load_model(str(path), cfg), tok, cfg, max_length=512)

@@ -1,14 +1,15 @@
-"""The optional sibling-ranking term of QNet training (qlass_lib.qnet_rank, qnet.rank_weight)."""
+"""The optional sibling-ranking term of QNet training (qlass_lib.method.qnet_rank, qnet.rank_weight)."""
 import math
 import random
 
 import pytest
 import torch
 
-from qlass_lib.config import QNetConfig
-from qlass_lib.qnet_metrics import evaluate_qnet
-from qlass_lib.qnet_rank import segment_keys, sibling_rank_loss, tree_batches
-from qlass_lib.qnet_train import predict, train_qnet
+from qlass_lib.core.config import QNetConfig
+from qlass_lib.method.qnet_metrics import evaluate_qnet
+from qlass_lib.method.qnet_rank import segment_keys, sibling_rank_loss, tree_batches
+from qlass_lib.method.qnet_data import predict
+from qlass_lib.method.qnet_train import train_qnet
 from test_qnet import _ranking_setup, export_two_trees
 
 
@@ -56,10 +57,10 @@ def test_tree_batches_keep_small_trees_whole_and_cover_every_example_once():
 
 def test_path_examples_know_each_segment_s_parent(tiny_tok, tmp_path):
     """The parent of every labeled turn of a packed path is the node record's parent (the root is 0)."""
-    from qlass_lib.config import ModelConfig
-    from qlass_lib.models import load_model
-    from qlass_lib.qnet import QNet
-    from qlass_lib.qnet_train import load_path_examples, node_records
+    from qlass_lib.core.config import ModelConfig
+    from qlass_lib.models.loading import load_model
+    from qlass_lib.method.qnet import QNet
+    from qlass_lib.method.qnet_data import load_path_examples, node_records
     export_two_trees(tmp_path)
     tok, path = tiny_tok
     cfg = ModelConfig(device="cpu", bf16=False)

@@ -1,8 +1,8 @@
 import pytest
 
-from qlass_lib import qvalues
+from qlass_lib.method import qvalues
 from qlass_lib.envs import TaskRef
-from qlass_lib.tree import Node, Tree
+from qlass_lib.method.tree import Node, Tree
 
 
 def _tree(leaf_scores=(0.8, 0.0, 0.5), rollout=(0.8, 0.5, 0.0, 0.5)):

@@ -2,9 +2,16 @@
 copies are seeded. ``tests/test_alfworld.py`` replays them in real games."""
 import pytest
 
-from qlass_lib import bc, prompts
-from qlass_lib.expert import to_conversations, to_messages
-from qlass_lib.recovery import NOTHING, add_recovery_copies, invalid_commands, receptacle_types, room_receptacles
+from qlass_lib.method import bc
+from qlass_lib.text import prompts
+from qlass_lib.text.expert import to_conversations, to_messages
+from qlass_lib.text.recovery import (
+    NOTHING,
+    add_recovery_copies,
+    invalid_commands,
+    receptacle_types,
+    room_receptacles,
+)
 
 
 def _record(tid="pick_and_place_simple@train_0"):
@@ -70,7 +77,7 @@ def test_copies_are_seeded_and_insert_unsupervised_turns(tiny_tok):
 
 
 def test_recovery_copies_are_alfworld_only():
-    from qlass_lib.config import ConfigError, load_config
+    from qlass_lib.core.config import ConfigError, load_config
     with pytest.raises(ConfigError, match="bc.recovery_copies"):
         load_config(None, {"bc": {"recovery_copies": 1}})
     assert load_config(None, {"bc": {"recovery_copies": 1}, "env": {"name": "alfworld"}}).bc.recovery_copies == 1

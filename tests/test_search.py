@@ -1,13 +1,13 @@
 import pytest
 
-from qlass_lib import search, selection
-from qlass_lib.agent import Candidate
-from qlass_lib.budget import Budget
-from qlass_lib.config import SamplingConfig
+from qlass_lib.method import search, selection
+from qlass_lib.models.policy import Candidate
+from qlass_lib.core.budget import Budget
+from qlass_lib.core.config import SamplingConfig
 from qlass_lib.envs.scripted import ScriptedEnv
-from qlass_lib.executor import local
-from qlass_lib.paraphrase import local_paraphrase, with_task_text
-from qlass_lib import prompts
+from qlass_lib.method.executor import local
+from qlass_lib.text.paraphrase import local_paraphrase, with_task_text
+from qlass_lib.text import prompts
 
 
 class SpyEnv(ScriptedEnv):
@@ -57,7 +57,7 @@ def test_qlass_executes_only_the_argmax_and_counts_every_candidate():
     b = Budget()
     policy = FixedPolicy(["go blue", "go red", "go green"])
     ch = search.qlass_chooser(policy, PrefersQNet("go red"), 3, SamplingConfig(), b)
-    from qlass_lib.agent import run_episode
+    from qlass_lib.method.rollout import run_episode
     ep = run_episode(env, task, ch, b)
     assert ep.reward == 1.0 and env.executed == ["go red"] * 3  # unchosen candidates never reach the env
     assert b.gen_tokens == 3 * 3 * 4 and b.gen_calls == 9  # every candidate counts
@@ -118,7 +118,7 @@ def test_duplicate_candidates_are_scored_once_but_all_charged():
     b = Budget()
     q = PrefersQNet("go red")
     ch = search.qlass_chooser(FixedPolicy(["go blue", "go red", "go blue", "go red"]), q, 4, SamplingConfig(), b)
-    from qlass_lib.agent import run_episode
+    from qlass_lib.method.rollout import run_episode
     ep = run_episode(env, task, ch, b)
     assert ep.reward == 1.0 and all(len(seen) == 2 for seen in q.seen)  # two distinct actions scored per step
     assert b.gen_tokens == 3 * 4 * 4  # every generated candidate is charged
@@ -155,7 +155,7 @@ def test_three_selections_by_hand():
 def test_final_state_rebuilds_the_state_before_the_last_turn():
     env = ScriptedEnv(max_turns=3)
     task = env.tasks("train")[0]
-    from qlass_lib.agent import run_episode
+    from qlass_lib.method.rollout import run_episode
     ep = run_episode(env, task, search.sampling_chooser(FixedPolicy(["go blue", "go red"]), SamplingConfig(), Budget()),
                      Budget()).to_dict()
     ep.update(method="BoN", traj=0)
@@ -175,7 +175,7 @@ def test_episode_seeds_are_stable_and_distinct():
 
 
 def test_ablation_runs_on_its_own_seeds(tmp_path):
-    from qlass_lib.config import SearchConfig
+    from qlass_lib.core.config import SearchConfig
     env = ScriptedEnv(max_turns=3)
     tasks = env.tasks("train")[:2]
     pol = FixedPolicy(["go red", "go blue"])
@@ -191,7 +191,7 @@ def test_ablation_runs_on_its_own_seeds(tmp_path):
 
 
 def test_greedy_runs_once_and_its_episodes_are_reused_for_the_other_seeds(tmp_path):
-    from qlass_lib.config import SearchConfig
+    from qlass_lib.core.config import SearchConfig
     env = SpyEnv(max_turns=3)
     tasks = env.tasks("train")[:2]
     pol = FixedPolicy(["go red", "go blue"])
@@ -230,7 +230,7 @@ class LogprobPolicy(FixedPolicy):
 def test_prior_weight_lets_the_policy_overrule_a_close_q():
     """Q prefers "go blue" by 1.0; each candidate's log-probability gap to the favourite "go red" is 2 nats:
     w = 0 follows Q, w = 0.4 still does (0.4 * 2 < 1.0), w = 1 follows the policy; the logs keep both numbers."""
-    from qlass_lib.agent import run_episode
+    from qlass_lib.method.rollout import run_episode
     picked = {}
     for w in (0.0, 0.4, 1.0):
         env = SpyEnv(max_turns=1)

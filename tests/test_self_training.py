@@ -6,13 +6,16 @@ import pandas as pd
 import pytest
 import torch
 
-from qlass_lib import annotations, prompts, self_training as st
-from qlass_lib.agent import Candidate, run_episode
-from qlass_lib.bc import expert_subset
-from qlass_lib.budget import Budget
-from qlass_lib.config import ConfigError, SamplingConfig, load_config
+from qlass_lib.diagnostics import annotations
+from qlass_lib.text import prompts
+from qlass_lib.method import self_training as st
+from qlass_lib.models.policy import Candidate
+from qlass_lib.method.rollout import run_episode
+from qlass_lib.text.expert import expert_subset
+from qlass_lib.core.budget import Budget
+from qlass_lib.core.config import ConfigError, SamplingConfig, load_config
 from qlass_lib.envs.scripted import DOORS, ScriptedEnv
-from qlass_lib.expert import record_trajectory
+from qlass_lib.text.expert import record_trajectory
 
 
 def _episode_dict(env, task, chooser, method="m"):

@@ -33,8 +33,8 @@ def test_stage01_artifacts(smoke_run):
     assert all(len(d["sha256"]) == 64 for d in m["artifacts"].values()) and "policy/model.safetensors" in m["artifacts"]
     assert m["wall_clock_guard_hit"] == []
     assert m["versions"]["torch"] and m["versions"]["transformers"] and m["wall_time_s"] > 0
-    from qlass_lib.models import precision
-    from qlass_lib.config import ModelConfig
+    from qlass_lib.models.loading import precision
+    from qlass_lib.core.config import ModelConfig
     assert m["execution"]["precision"] == precision(ModelConfig()) and m["execution"]["precision"].startswith(("bf16", "fp32"))
     assert (RUN / "01_behavior_cloning.ipynb").is_file()
     metrics = json.loads((d / "bc_metrics.json").read_text())
@@ -170,7 +170,7 @@ def test_gpu_check_runs_every_section_here(smoke_run, tmp_path):
     """The device check drives the project's own BC, adapter, sampling and QNet code on a random Llama it builds
     and saves itself.  Here (no CUDA, so LoRA on bf16-stored weights instead of 4-bit) every section must run;
     a saved adapter or QNet must reload to the same logits and values."""
-    from qlass_lib import gpu_check
+    from qlass_lib.diagnostics import gpu_check
     data = gpu_check.run_check(RUN, tmp_path, shape="tiny", quant=False, bc_steps=2, batch_tokens=1024,
                                qnet_steps=2, qnet_examples=24, m=2, states=2)
     sec = data["sections"]
@@ -296,7 +296,7 @@ def test_alfworld_series_runs_through_the_runner():
     stage = ROOT / "runs" / "pytest-alfworld-smoke" / "01_behavior_cloning"
     episodes = (stage / "eval_episodes.jsonl").read_text().splitlines()
     failures = list(csv.DictReader((stage / "bc_failures.csv").open()))
-    from qlass_lib.envs.alfworld_failures import STEPS
+    from qlass_lib.analysis.alfworld_failures import STEPS
     assert failures[-1]["task_type"] == "all" and sum(int(failures[-1][s]) for s in STEPS) == len(episodes)
     wins = sum(json.loads(e)["success"] for e in episodes)
     assert int(failures[-1]["won"]) == wins

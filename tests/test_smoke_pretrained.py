@@ -27,7 +27,7 @@ def _jsonl(p: Path) -> list[dict]:
 
 @pytest.mark.smoke
 def test_the_packaged_model_is_named_in_every_manifest(run):
-    from qlass_lib.packaged import PACKAGED
+    from qlass_lib.models.packaged import PACKAGED
     for stage in ("01_behavior_cloning", "02_tree_construction", "04_qnet_training", "05_guided_search"):
         m = json.loads((RUN / stage / "manifest.json").read_text())
         src = m["model_source"]
@@ -68,9 +68,9 @@ def test_a_tree_a_qnet_and_guided_episodes(run):
 def test_the_trained_qnet_scores_candidates_batched_as_one_by_one(run):
     import torch
 
-    from qlass_lib import prompts
-    from qlass_lib.config import ModelConfig
-    from qlass_lib.qnet import load_qnet
+    from qlass_lib.text import prompts
+    from qlass_lib.core.config import ModelConfig
+    from qlass_lib.method.qnet import load_qnet
     qnet = load_qnet(RUN / "04_qnet_training" / "qnet_q", ModelConfig(device="cpu", bf16=False))
     state = prompts.initial_state("scienceworld", "Find the animal with the longest life span.",
                                   "This room is called the hallway.")

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from qlass_lib.config import load_config
+from qlass_lib.core.config import load_config
 
 from test_smoke import RUN, _runner
 
@@ -25,7 +25,7 @@ def _cfg(server=None, **over):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from qlass_lib.server import start_vllm, vllm_python
+    from qlass_lib.models.server import start_vllm, vllm_python
     if not vllm_python().is_file():
         if os.environ.get("QLASS_REQUIRE_VLLM"):
             pytest.fail(f"no vLLM interpreter at {vllm_python()}: `make vllm-venv` builds it")
@@ -39,7 +39,7 @@ def server(tmp_path_factory):
 
 
 def _greedy_episodes(cfg, policy, tasks, logprobs: list):
-    from qlass_lib.agent import run_episode
+    from qlass_lib.method.rollout import run_episode
     from qlass_lib.envs import make_env
     env = make_env(cfg.env)
     try:
@@ -61,7 +61,7 @@ def _greedy_episodes(cfg, policy, tasks, logprobs: list):
 
 def test_greedy_through_vllm_equals_hf_token_for_token(server):
     from qlass_lib.envs import eval_tasks, make_env, per_type
-    from qlass_lib.generation import make_policy
+    from qlass_lib.models.generation import make_policy
     cfg = _cfg(server)
     env = make_env(cfg.env)
     tasks = per_type(eval_tasks(env, cfg.env), 1)
@@ -82,10 +82,10 @@ def test_greedy_through_vllm_equals_hf_token_for_token(server):
 
 
 def test_n_candidates_in_one_request_with_seeds_honoured(server):
-    from qlass_lib.budget import Budget
-    from qlass_lib.config import SamplingConfig
-    from qlass_lib.generation import make_policy
-    from qlass_lib.prompts import initial_state
+    from qlass_lib.core.budget import Budget
+    from qlass_lib.core.config import SamplingConfig
+    from qlass_lib.models.generation import make_policy
+    from qlass_lib.text.prompts import initial_state
     cfg = _cfg(server)
     pol = make_policy(cfg, POLICY)
     state = initial_state(cfg.env.name, "Your task is to find a(n) non-living thing. First, focus on the thing.",
@@ -107,7 +107,7 @@ def test_n_candidates_in_one_request_with_seeds_honoured(server):
 @pytest.fixture(scope="module")
 def ray_runner(server):
     """Two Ray workers (ScienceWorld + a client of the server each) and one QNet scorer actor."""
-    from qlass_lib.executor import RayExecutor, WorkerSpec
+    from qlass_lib.method.executor import RayExecutor, WorkerSpec
     cfg = _cfg(server, executor={"kind": "ray", "workers": 2})
     runner = RayExecutor(WorkerSpec(cfg, str(POLICY)), workers=2,
                          qnet_dirs={"q": str(RUN / "04_qnet_training" / "qnet_q")})
@@ -117,7 +117,7 @@ def ray_runner(server):
 
 def test_trees_on_two_ray_workers_through_the_server(ray_runner, tmp_path):
     from qlass_lib.envs import make_env
-    from qlass_lib.tree import build_trees, tree_tasks
+    from qlass_lib.method.tree import build_trees, tree_tasks
     cfg, runner = ray_runner
     env = make_env(cfg.env)
     tasks = tree_tasks(env, cfg)
@@ -136,7 +136,7 @@ def test_trees_on_two_ray_workers_through_the_server(ray_runner, tmp_path):
 
 
 def test_qlass_on_ray_workers_scores_through_one_qnet_actor(ray_runner, tmp_path):
-    from qlass_lib import search
+    from qlass_lib.method import search
     from qlass_lib.envs import eval_tasks, make_env, per_type
     cfg, runner = ray_runner
     env = make_env(cfg.env)
@@ -160,9 +160,9 @@ def test_qlass_on_ray_workers_scores_through_one_qnet_actor(ray_runner, tmp_path
 def test_server_killed_mid_stage_keeps_finished_trees(server, tmp_path):
     """Runs last: it stops the module's server."""
     from qlass_lib.envs import make_env
-    from qlass_lib.executor import local
-    from qlass_lib.generation import GenerationServerError, make_policy
-    from qlass_lib.tree import build_trees, tree_tasks
+    from qlass_lib.method.executor import local
+    from qlass_lib.models.generation import GenerationServerError, make_policy
+    from qlass_lib.method.tree import build_trees, tree_tasks
     cfg = _cfg(server, generation={"max_retries": 1, "timeout_s": 10.0})
     env = make_env(cfg.env)
     try:

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qlass_lib.stats import bootstrap_mean_ci, comparison_table, paired_difference
+from qlass_lib.core.stats import bootstrap_mean_ci, comparison_table, paired_difference
 
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_mean():

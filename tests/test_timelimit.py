@@ -44,7 +44,7 @@ def test_planner_past_its_limit_is_a_failed_expert_game(tmp_path):
         pytest.skip("shared ALFWorld data not present")
     from qlass_lib.envs.alfworld import ALFWorldEnv
     from qlass_lib.envs.base import EnvError
-    from qlass_lib.expert import generate_expert, read_jsonl
+    from qlass_lib.text.expert import generate_expert, read_jsonl
     env = ALFWorldEnv(str(DATA), ["look_at_obj_in_light"], expert_max_seconds=0.001)
     try:
         task = env.tasks("dev")[0]

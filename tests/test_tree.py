@@ -3,12 +3,12 @@ import json
 
 import pytest
 
-from qlass_lib import prompts
-from qlass_lib.agent import Candidate
-from qlass_lib.config import SamplingConfig, TreeConfig
+from qlass_lib.text import prompts
+from qlass_lib.models.policy import Candidate
+from qlass_lib.core.config import SamplingConfig, TreeConfig
 from qlass_lib.envs import TaskRef
 from qlass_lib.envs.scripted import ScriptedEnv
-from qlass_lib.tree import Tree, TreeBuilder, build_trees
+from qlass_lib.method.tree import Tree, TreeBuilder, build_trees
 
 
 class Cycle:
@@ -95,9 +95,9 @@ def _strip(rec):
 
 
 def test_interrupt_and_resume_gives_the_same_trees(tiny_tok, tmp_path):
-    from qlass_lib.agent import Policy
-    from qlass_lib.config import ModelConfig
-    from qlass_lib.models import load_model
+    from qlass_lib.models.policy import Policy
+    from qlass_lib.core.config import ModelConfig
+    from qlass_lib.models.loading import load_model
     tok, path = tiny_tok
     mcfg = ModelConfig(device="cpu", bf16=False)
     policy = Policy(load_model(str(path), mcfg), tok, mcfg, 256, "scripted")
@@ -105,7 +105,7 @@ def test_interrupt_and_resume_gives_the_same_trees(tiny_tok, tmp_path):
     tcfg = cfg(depth=1, width=2, max_rollouts=3, sampling=SamplingConfig(max_new_tokens=6))
     tasks = env.tasks("train")[:3]
     expert = {tasks[0].id: env.gold_actions(tasks[0])}
-    from qlass_lib.executor import local
+    from qlass_lib.method.executor import local
     full = build_trees(local(env, policy), tasks, tmp_path / "a.jsonl", tcfg, expert, seed=7)
 
     class Crash(Exception):

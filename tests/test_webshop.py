@@ -199,7 +199,7 @@ def test_http_client_against_an_official_style_server(ws):
 
 def test_failure_steps_of_hand_made_episodes(ws):
     """Each script step a policy can miss is named on a hand-made action list (replayed, deterministic)."""
-    from qlass_lib.envs.webshop_failures import classify, failure_table
+    from qlass_lib.analysis.webshop_failures import classify, failure_table
     task = next(t for t in ws.tasks("dev") if ws.cat.goals[t.variation]["goal_options"])
     gold = ws.gold_actions(task)
     n_opts = len(ws.cat.goals[task.variation]["goal_options"])

@@ -1,5 +1,5 @@
-from qlass_lib import qvalues
-from qlass_lib.widgets import TreeInspector, best_path, plot_tree, render_html
+from qlass_lib.method import qvalues
+from qlass_lib.viz.widgets import TreeInspector, best_path, plot_tree, render_html
 
 from test_qvalues import _tree
 
@@ -39,7 +39,7 @@ def test_static_renderings(tmp_path):
 
 
 def test_run_inspector_picks_any_tree_and_shows_siblings(tmp_path):
-    from qlass_lib.widgets import RunInspector
+    from qlass_lib.viz.widgets import RunInspector
     from test_inspector import _run_dir
     ins = RunInspector(_run_dir(tmp_path), qnet=False)
     assert [label for label, _ in ins.picker.options] == ["t_1: 5 nodes, best leaf 0.80", "u_7: 5 nodes, best leaf 1.00"]

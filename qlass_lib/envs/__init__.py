@@ -1,5 +1,5 @@
 """Text environments behind one protocol (see :mod:`qlass_lib.envs.base`)."""
-from .base import EnvError, Reset, Step, TaskRef, TextEnv, check_env, replay
+from qlass_lib.envs.base import EnvError, Reset, Step, TaskRef, TextEnv, check_env, replay
 
 __all__ = ["EnvError", "Reset", "Step", "TaskRef", "TextEnv", "check_env", "replay", "make_env", "eval_tasks"]
 
@@ -8,23 +8,23 @@ def make_env(env_cfg, max_turns: int | None = None) -> TextEnv:
     """Build the adapter named by ``env_cfg.name``."""
     turns = max_turns or env_cfg.max_turns
     if env_cfg.name == "scienceworld":
-        from .scienceworld import ScienceWorldEnv
+        from qlass_lib.envs.scienceworld import ScienceWorldEnv
         return ScienceWorldEnv(env_cfg.task_types, max_turns=turns, jvm_memory=env_cfg.jvm_memory,
                                split_dir=env_cfg.split_dir, simplifications=env_cfg.simplifications)
     if env_cfg.name == "webshop":
         if env_cfg.server_url:
-            from .webshop_http import WebShopHTTPEnv
+            from qlass_lib.envs.webshop_http import WebShopHTTPEnv
             return WebShopHTTPEnv(env_cfg.server_url, _eto_goal_ids(env_cfg.split_dir), max_turns=turns)
-        from .webshop import WebShopEnv
+        from qlass_lib.envs.webshop import WebShopEnv
         return WebShopEnv(env_cfg.data_dir, max_turns=turns, options_per_product=env_cfg.options_per_product,
                           task_types=env_cfg.task_types)
     if env_cfg.name == "alfworld":
-        from .alfworld import ALFWorldEnv
+        from qlass_lib.envs.alfworld import ALFWorldEnv
         return ALFWorldEnv(env_cfg.data_dir, env_cfg.task_types, max_turns=turns, cache_dir=env_cfg.cache_dir,
                            expert=env_cfg.alfworld_expert, order=env_cfg.alfworld_order,
                            expert_max_seconds=env_cfg.alfworld_expert_max_seconds)
     if env_cfg.name == "scripted":
-        from .scripted import ScriptedEnv
+        from qlass_lib.envs.scripted import ScriptedEnv
         return ScriptedEnv(max_turns=turns)
     raise EnvError(f"unknown environment {env_cfg.name!r}")
 
@@ -85,7 +85,7 @@ def eval_tasks(env: TextEnv, env_cfg) -> list[TaskRef]:
     if env_cfg.eval_task_file:
         tasks = read_task_file(env_cfg.eval_task_file)
         if env_cfg.name == "scienceworld":
-            from .scienceworld import canonical_task
+            from qlass_lib.envs.scienceworld import canonical_task
             tasks = [TaskRef(canonical_task(t.task_type), t.variation) for t in tasks]
         return tasks
     return per_type(env.tasks(env_cfg.eval_split), env_cfg.eval_per_type)

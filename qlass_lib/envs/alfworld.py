@@ -20,7 +20,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from .base import EnvError, Reset, TaskRef, TextEnv
+from qlass_lib.envs.base import EnvError, Reset, TaskRef, TextEnv
 
 SPLITS = {"train": "train", "dev": "valid_seen", "test": "valid_unseen"}
 EXPERT_MAX_STEPS = 80  # the expert's own cap (recording lifts the agent's turn cap to fit it)
@@ -173,7 +173,7 @@ class ALFWorldEnv(TextEnv):
     def location_counts(self) -> dict:
         """How often each object type lies in each receptacle type in the train split's initial states."""
         if self._counts is None:
-            from .alfworld_searcher import location_counts
+            from qlass_lib.envs.alfworld_searcher import location_counts
             self._counts = location_counts(self.games("train"))
         return self._counts
 
@@ -184,7 +184,7 @@ class ALFWorldEnv(TextEnv):
         cannot be interrupted otherwise; :mod:`.timelimit`), and a game past the limit is an :class:`EnvError`."""
         if self.expert_max_seconds <= 0:
             return self._expert_actions(task)
-        from .timelimit import TimeLimitExceeded, call_with_time_limit
+        from qlass_lib.envs.timelimit import TimeLimitExceeded, call_with_time_limit
         if self.expert == "searcher":
             self.location_counts()  # computed once here: a child's copy would be lost with the child
         try:
@@ -197,7 +197,7 @@ class ALFWorldEnv(TextEnv):
         env = self._start(trial / "game.tw-pddl", expert=True)
         state = env.reset()
         if self.expert == "searcher":
-            from .alfworld_searcher import search_then_plan, target_of
+            from qlass_lib.envs.alfworld_searcher import search_then_plan, target_of
             return search_then_plan(env, state.feedback, target_of(trial), self.location_counts(),
                                     max(self.max_turns, EXPERT_MAX_STEPS))
         acts = []
@@ -216,14 +216,8 @@ class ALFWorldEnv(TextEnv):
         :func:`.alfworld_searcher.plan_notes`)."""
         if self.expert != "searcher":
             return super().plan_notes(task, first_observation, actions)
-        from .alfworld_searcher import plan_notes, target_of
+        from qlass_lib.envs.alfworld_searcher import plan_notes, target_of
         return plan_notes(first_observation, actions, target_of(self._trial(task)), self.location_counts())
-
-    def failure_analysis(self, episodes: list[dict]):
-        """Where episodes left the searcher's way (:mod:`.alfworld_failures`)."""
-        from .alfworld_failures import failure_table
-        from .alfworld_searcher import target_of
-        return failure_table(episodes, lambda task: target_of(self._trial(task)))
 
     def close(self) -> None:
         if self._env is not None:

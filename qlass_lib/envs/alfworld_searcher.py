@@ -21,6 +21,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+NOTHING = "Nothing happens."  # what ALFWorld answers to a command that changes nothing
 _FACT = re.compile(r"\(inReceptacle (\w+?)_bar_\S+ (\w+?)_bar_\S+\)")
 _SEEN = re.compile(r"you see (.*?)\.(?:\s|$)", re.IGNORECASE | re.DOTALL)
 

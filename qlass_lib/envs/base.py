@@ -103,12 +103,6 @@ class TextEnv(abc.ABC):
         return Step(observation, 0.0, truncated, {"score": self.score, "turns": self.turns,
                                                    "truncated": truncated, "no_action": True})
 
-    def failure_analysis(self, episodes: list[dict]):
-        """Where episodes left the expert's way, as (per-episode rows, count table); None where an environment
-        has no such analysis (WebShop and ALFWorld have one: :mod:`.webshop_failures`,
-        :mod:`.alfworld_failures`)."""
-        return None
-
     def plan_notes(self, task: TaskRef, first_observation: str, actions: list[str]) -> list[str | None]:
         """The expert's own note (a thought) for each of its gold ``actions`` (``expert.thoughts: plan``);
         only experts that keep a plan have one (ALFWorld's searcher)."""

@@ -21,7 +21,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .base import EnvError, Reset, TaskRef, TextEnv
+from qlass_lib.envs.base import EnvError, Reset, TaskRef, TextEnv
 
 _SPLIT_FILES = {"train": "train_indices.json", "dev": "dev_indices.json", "test": "test_indices.json"}
 

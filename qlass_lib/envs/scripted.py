@@ -7,7 +7,7 @@ construction, pruning and Q values against hand-computed answers.
 """
 from __future__ import annotations
 
-from .base import Reset, TaskRef, TextEnv
+from qlass_lib.envs.base import Reset, TaskRef, TextEnv
 
 DOORS = ("red", "green", "blue")
 

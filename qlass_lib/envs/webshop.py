@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import EnvError, Reset, TaskRef, TextEnv
-from .webshop_reward import purchase_reward
+from qlass_lib.envs.base import EnvError, Reset, TaskRef, TextEnv
+from qlass_lib.envs.webshop_reward import purchase_reward
 
 PAGE = 10
 TOP_K = 50
@@ -242,10 +242,6 @@ class WebShopEnv(TextEnv):
 
     def _invalid(self, arg: str):
         return f"Invalid action: there is no button '{arg}' here." + SEP + self._render(), 0.0, False, {}
-
-    def failure_analysis(self, episodes: list[dict]):
-        from .webshop_failures import failure_table
-        return failure_table(self, episodes)
 
     # -- expert ------------------------------------------------------------------------------------------
     def gold_actions(self, task: TaskRef) -> list[str]:

@@ -14,8 +14,8 @@ import re
 import urllib.parse
 import urllib.request
 
-from .base import EnvError, Reset, TaskRef, TextEnv
-from .webshop import SEP
+from qlass_lib.envs.base import EnvError, Reset, TaskRef, TextEnv
+from qlass_lib.envs.webshop import SEP
 
 SUB_PAGES = {"description": "Description", "features": "Features", "reviews": "Reviews", "attributes": "Attributes"}
 

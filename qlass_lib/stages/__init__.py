@@ -2,14 +2,11 @@
 
 Each ``run`` does the stage's work, writes every artifact of the stage folder (tables, JSON, PNG figures) and
 returns a typed result; the notebooks call it and display what it returns, and ``report`` reads the same
-artifacts.  Stage folder names come from :data:`qlass_lib.context.STAGES`.
+artifacts.  Stage keys, folders and modules come from :mod:`qlass_lib.core.series`.
 """
 from __future__ import annotations
 
-from ..context import STAGES
-
-MODULES = {"01": "behavior_cloning", "02": "trees", "03": "q_values", "04": "qnet_training", "05": "guided_search",
-           "06": "self_training"}
+from qlass_lib.core.series import MODULES, STAGES
 
 
 def stage_module(key: str):

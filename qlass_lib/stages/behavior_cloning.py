@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import close_figure
+from qlass_lib.stages import close_figure
 
 
 @dataclass
@@ -43,19 +43,24 @@ class BCResult:
 
 
 def run(ctx) -> BCResult:
-    from .. import bc, expert, models, plots
-    from ..agent import Policy, greedy_chooser
-    from ..artifacts import write_json
-    from ..envs import eval_tasks, make_env
-    from ..evaluation import check_env_errors, evaluate, summarize
-    from ..executor import make_executor
+    from qlass_lib.text import expert
+    from qlass_lib.models import loading as models
+    from qlass_lib.viz import plots
+    from qlass_lib.models.policy import Policy
+    from qlass_lib.method.rollout import greedy_chooser
+    from qlass_lib.core.artifacts import write_json
+    from qlass_lib.envs import eval_tasks, make_env
+    from qlass_lib.method.evaluation import check_env_errors, evaluate, summarize
+    from qlass_lib.method.executor import make_executor
+    from qlass_lib.method.fit import fit_policy
+    from qlass_lib.analysis.failures import failure_analysis
     cfg, out = ctx.cfg, ctx.stage_dir("01")
     env = make_env(cfg.env)
     try:
         records, stats = expert.prepare(cfg, env, out, ctx.resolve)
         example = expert.one_shot_example(records) if cfg.expert.one_shot else None
         records = expert.with_example(records, env.name, example)
-        records = bc.expert_subset(records, cfg.bc.expert_fraction)  # fewer annotations: the first share per type
+        records = expert.expert_subset(records, cfg.bc.expert_fraction)  # fewer annotations: the first share per type
         write_json(out / "prompt_example.json", example)
         per_type = pd.DataFrame([{"task_type": r["task_type"],
                                   "agent_turns": sum(c["from"] == "gpt" for c in r["conversations"])} for r in records])
@@ -66,7 +71,7 @@ def run(ctx) -> BCResult:
 
         base = models.prepare_base(cfg.model, out, lambda: ["\n".join(c["value"] for c in r["conversations"])
                                                             for r in records], cfg.seed)
-        model, tokenizer, result = bc.fit_policy(cfg, records, base, out)
+        model, tokenizer, result = fit_policy(cfg, records, base, out)
         figures = {"loss": out / "bc_loss.png"}
         close_figure(plots.loss_curves(result["history"], figures["loss"]))
 
@@ -79,7 +84,7 @@ def run(ctx) -> BCResult:
         finally:
             runner.close()
         env_errors = check_env_errors(episodes, cfg.env.max_error_share, "evaluation episodes")
-        failures = env.failure_analysis(episodes)
+        failures = failure_analysis(env, episodes)
     finally:
         env.close()
     table = summarize(episodes)
@@ -122,15 +127,15 @@ def _action_token_stats(cfg, tokenizer, records: list[dict]) -> dict:
 
 
 def _pretraining(stage_dir: Path) -> dict | None:
-    from ..artifacts import read_json
-    from ..pretrain import summary
+    from qlass_lib.core.artifacts import read_json
+    from qlass_lib.method.pretrain import summary
     f = Path(stage_dir) / "pretrained_base" / "pretrain_result.json"
     return summary(read_json(f)) if f.is_file() else None
 
 
 def load(stage_dir: Path) -> dict:
     """What a finished stage 01 wrote, for ``report`` (missing files are left out)."""
-    from ..artifacts import read_json
+    from qlass_lib.core.artifacts import read_json
     d, out = Path(stage_dir), {}
     for key, name in (("expert_stats", "expert_stats.json"), ("train", "bc_result.json"), ("metrics", "bc_metrics.json")):
         if (d / name).is_file():

@@ -4,7 +4,7 @@ three selections (first / QNet-selected / oracle), paired differences with boots
 
 Artifacts (``runs/<id>/05_guided_search/``): ``search_episodes.jsonl``, ``selection_values.jsonl``,
 ``task_scores.csv``, ``results.csv``, ``comparisons.csv``, ``candidate_diversity.csv``, ``budget_curves.csv``,
-``budget_curves.png``, ``budget_ratio.json``, ``total_cost.json`` (:mod:`qlass_lib.cost`), ``case_study.csv``, ``ablation_episodes.jsonl``, ``ablation.csv``,
+``budget_curves.png``, ``budget_ratio.json``, ``total_cost.json`` (:mod:`qlass_lib.analysis.cost`), ``case_study.csv``, ``ablation_episodes.jsonl``, ``ablation.csv``,
 ``ablation_comparisons.csv``, ``search_summary.json``.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import close_figure
+from qlass_lib.stages import close_figure
 
 
 @dataclass
@@ -39,7 +39,7 @@ class SearchResult:
 def budget_figure(curves: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from .. import plots
+    from qlass_lib.viz import plots
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
     g = table.set_index("method").loc["greedy"]
     for ax, sel in zip(axes, ("oracle", "qnet")):
@@ -57,7 +57,7 @@ def budget_figure(curves: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path
 
 def budget_ratios(curves: pd.DataFrame, methods: list[str]) -> dict:
     """Tokens QLASS needs to reach Best-of-N's best oracle reward ÷ Best-of-N's tokens (per QLASS variant)."""
-    from .. import selection
+    from qlass_lib.method import selection
     oc = curves[curves["select"] == "oracle"]
     ratios = {m: selection.budget_ratio(oc[oc.method == "BoN"], oc[oc.method == m])
               for m in methods if m.startswith("QLASS")}
@@ -67,7 +67,8 @@ def budget_ratios(curves: pd.DataFrame, methods: list[str]) -> dict:
 
 
 def ablation(runner, tasks, ctx, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from .. import search, selection, stats
+    from qlass_lib.method import search, selection
+    from qlass_lib.core import stats
     cfg = ctx.cfg
     targets = ["q", *cfg.qnet.ablation_targets]
     eps = search.run_ablation(runner, tasks, targets, cfg.search, out / "ablation_episodes.jsonl")
@@ -82,15 +83,16 @@ def ablation(runner, tasks, ctx, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]
 
 
 def run(ctx) -> SearchResult:
-    from .. import search, selection, stats
-    from ..artifacts import write_json
-    from ..context import STAGES
-    from ..cost import total_cost
-    from ..envs import eval_tasks, make_env, per_type
-    from ..evaluation import check_env_errors
-    from ..executor import make_executor
-    from ..paraphrase import make_paraphraser
-    from ..qnet import load_qnet
+    from qlass_lib.method import search, selection
+    from qlass_lib.core import stats
+    from qlass_lib.core.artifacts import write_json
+    from qlass_lib.core.series import STAGES
+    from qlass_lib.analysis.cost import total_cost
+    from qlass_lib.envs import eval_tasks, make_env, per_type
+    from qlass_lib.method.evaluation import check_env_errors
+    from qlass_lib.method.executor import make_executor
+    from qlass_lib.text.paraphrase import make_paraphraser
+    from qlass_lib.method.qnet import load_qnet
     cfg, out, s = ctx.cfg, ctx.stage_dir("05"), ctx.cfg.search
     env = make_env(cfg.env)
     runner = None
@@ -144,7 +146,7 @@ def run(ctx) -> SearchResult:
 
 def load(stage_dir: Path) -> dict:
     """What a finished stage 05 wrote, for ``report``."""
-    from ..artifacts import read_json
+    from qlass_lib.core.artifacts import read_json
     d, out = Path(stage_dir), {}
     for key, name in (("table", "results.csv"), ("comparisons", "comparisons.csv"), ("ablation", "ablation.csv"),
                       ("ablation_comparisons", "ablation_comparisons.csv")):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import close_figure
+from qlass_lib.stages import close_figure
 
 
 @dataclass
@@ -31,7 +31,7 @@ class QValuesResult:
 
 
 def normalization_table(trees, gamma: float) -> pd.DataFrame:
-    from .. import qvalues
+    from qlass_lib.method import qvalues
     rows = []
     for scope in ["tree", "dataset", "none"]:
         ts = copy.deepcopy(trees)
@@ -43,7 +43,7 @@ def normalization_table(trees, gamma: float) -> pd.DataFrame:
 
 
 def node_table(trees) -> pd.DataFrame:
-    from .. import qvalues
+    from qlass_lib.method import qvalues
     return pd.DataFrame([{"task": t.task.id, "depth": n.depth, "q": n.q, "q_norm": n.q_norm, "avg_reward": a[n.id],
                           "outcome": o[n.id], "final_reward": n.rollout_reward, "source": n.source}
                          for t in trees for a, o in [(qvalues.avg_reward(t), qvalues.outcome(t))]
@@ -53,7 +53,7 @@ def node_table(trees) -> pd.DataFrame:
 def _figure(nodes: pd.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from .. import plots
+    from qlass_lib.viz import plots
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
     nodes.groupby("depth")[["q_norm", "avg_reward", "outcome"]].mean().plot(ax=axes[0], marker="o",
                                                                              title="mean target by depth")
@@ -68,10 +68,10 @@ def _figure(nodes: pd.DataFrame, path: Path) -> Path:
 
 
 def run(ctx) -> QValuesResult:
-    from .. import qvalues
-    from ..artifacts import append_jsonl, write_json
-    from ..context import STAGES
-    from ..tree import load_trees
+    from qlass_lib.method import qvalues
+    from qlass_lib.core.artifacts import append_jsonl, write_json
+    from qlass_lib.core.series import STAGES
+    from qlass_lib.method.tree import load_trees
     cfg, out = ctx.cfg, ctx.stage_dir("03")
     trees = load_trees(ctx.run_dir / STAGES["02"] / "trees.jsonl")
     info = qvalues.compute(trees, cfg.qvalues.gamma, cfg.qvalues.normalize)
@@ -92,6 +92,6 @@ def run(ctx) -> QValuesResult:
 
 def load(stage_dir: Path) -> dict:
     """What a finished stage 03 wrote, for ``report``."""
-    from ..artifacts import read_json
+    from qlass_lib.core.artifacts import read_json
     p = Path(stage_dir) / "q_summary.json"
     return {"summary": read_json(p)} if p.is_file() else {}

@@ -1,7 +1,7 @@
 """Stage 04 · QNet training: the BC backbone plus the MLP value head, MSE on the normalized Q targets of stage
 03; evaluated on held-out trees (MSE next to the targets' variance, Spearman, sibling accuracy next to its
 random baseline, calibration); QNets on the ablation targets are trained the same way.  Next to each QNet's
-sibling accuracy stands the BC policy's own (its log-probability of each sibling action, ``qlass_lib.prior``):
+sibling accuracy stands the BC policy's own (its log-probability of each sibling action, ``qlass_lib.method.prior``):
 search samples from that policy, so a QNet that does not rank siblings better than it cannot help.
 
 Artifacts (``runs/<id>/04_qnet_training/``): ``qnet_q/`` (+ ``qnet_<target>/``), ``qnet_metrics.csv``,
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import close_figure
+from qlass_lib.stages import close_figure
 
 
 @dataclass
@@ -35,7 +35,7 @@ class QNetResult:
 def _figure(history: pd.DataFrame, targets: list[float], pred: np.ndarray, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from .. import plots
+    from qlass_lib.viz import plots
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     if "train_loss" in history:
         tr = history.dropna(subset=["train_loss"])
@@ -56,11 +56,11 @@ def _figure(history: pd.DataFrame, targets: list[float], pred: np.ndarray, path:
 
 
 def run(ctx) -> QNetResult:
-    from ..artifacts import write_json
-    from ..context import STAGES
-    from ..prior import best_prior_weight
-    from ..qnet_metrics import calibration_table
-    from ..qnet_train import fit_qnet
+    from qlass_lib.core.artifacts import write_json
+    from qlass_lib.core.series import STAGES
+    from qlass_lib.method.prior import best_prior_weight
+    from qlass_lib.method.qnet_metrics import calibration_table
+    from qlass_lib.method.qnet_train import fit_qnet
     cfg, out = ctx.cfg, ctx.stage_dir("04")
     data_dir = ctx.run_dir / STAGES["03"]
     policy_dir = ctx.run_dir / STAGES["01"] / "policy"
@@ -91,8 +91,8 @@ def _policy_prior(cfg, policy_dir: Path, data_dir: Path, targets: list[str],
     and the sweep of Q + w·log π on the validation trees (``q_pred``: the q QNet's validation predictions)."""
     import gc
 
-    from ..models import load_policy
-    from ..prior import prior_sibling_metrics, prior_weight_sweep, sibling_logprobs
+    from qlass_lib.models.loading import load_policy
+    from qlass_lib.method.prior import prior_sibling_metrics, prior_weight_sweep, sibling_logprobs
     model, tok = load_policy(policy_dir, cfg.model)
     try:  # the policy scores each split's sibling records once; both read-outs share them
         L, B = cfg.qnet.max_length, cfg.qnet.batch_size

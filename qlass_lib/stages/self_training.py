@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import close_figure
+from qlass_lib.stages import close_figure
 
 
 @dataclass
@@ -32,14 +32,15 @@ class SelfTrainingResult:
 def run(ctx) -> SelfTrainingResult:
     import gc
 
-    from .. import self_training as st_lib
-    from ..agent import Policy
-    from ..artifacts import read_json, read_jsonl, write_json, write_jsonl
-    from ..bc import fit_policy
-    from ..context import STAGES
-    from ..envs import eval_tasks, make_env
-    from ..qnet import load_qnet
-    from ..tree import tree_tasks
+    from qlass_lib.method import self_training as st_lib
+    from qlass_lib.viz import plots
+    from qlass_lib.models.policy import Policy
+    from qlass_lib.core.artifacts import read_json, read_jsonl, write_json, write_jsonl
+    from qlass_lib.method.fit import fit_policy
+    from qlass_lib.core.series import STAGES
+    from qlass_lib.envs import eval_tasks, make_env
+    from qlass_lib.method.qnet import load_qnet
+    from qlass_lib.method.tree import tree_tasks
     cfg, st, out = ctx.cfg, ctx.cfg.self_training, ctx.stage_dir("06")
     example = ctx.example()
     env = make_env(cfg.env)
@@ -99,7 +100,7 @@ def run(ctx) -> SelfTrainingResult:
                "train": {m: {k: v for k, v in r.items() if k != "history"} for m, r in train.items()}}
     write_json(out / "self_training.json", summary)
     figures = {"bars": out / "self_training.png"}
-    close_figure(st_lib.bar_figure(results, figures["bars"]))
+    close_figure(plots.self_training_bars(results, figures["bars"]))
     return SelfTrainingResult(out, desc, gen, results, comp, summary, figures)
 
 
@@ -114,9 +115,9 @@ def finetune_config(cfg):
 
 def _evaluate(env, tasks, policy, path: Path, method: str, example) -> list[dict]:
     """Greedy episodes of a fine-tuned policy on the held-out tasks (resumable)."""
-    from ..agent import greedy_chooser
-    from ..evaluation import evaluate
-    from ..executor import local
+    from qlass_lib.method.rollout import greedy_chooser
+    from qlass_lib.method.evaluation import evaluate
+    from qlass_lib.method.executor import local
     return evaluate(local(env, policy, example=example), tasks, lambda ws, budget: greedy_chooser(ws.policy, budget),
                     path, desc=f"greedy eval {method}")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import close_figure
+from qlass_lib.stages import close_figure
 
 
 @dataclass
@@ -31,7 +31,7 @@ class TreesResult:
 
     def example_tree(self):
         """The largest tree with a non-zero leaf, with display Q values (stage 03 computes the stored ones)."""
-        from ..tree import Tree
+        from qlass_lib.method.tree import Tree
         return Tree.from_dict(max(self.records, key=lambda r: (r["stats"]["nonzero_leaves"] > 0, r["stats"]["nodes"])))
 
 
@@ -51,8 +51,9 @@ def summarize(stats: pd.DataFrame, env_errors: dict) -> dict:
 def _figures(records, stats, out: Path, tree, qcfg) -> dict:
     import matplotlib.pyplot as plt
 
-    from .. import plots, qvalues
-    from ..widgets import plot_tree
+    from qlass_lib.viz import plots
+    from qlass_lib.method import qvalues
+    from qlass_lib.viz.widgets import plot_tree
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
     stats.nodes.plot.hist(ax=axes[0], bins=15, title="nodes per tree")
     pd.Series([n["depth"] for r in records for n in r["nodes"]]).value_counts().sort_index().plot.bar(
@@ -65,11 +66,11 @@ def _figures(records, stats, out: Path, tree, qcfg) -> dict:
 
 
 def run(ctx) -> TreesResult:
-    from ..artifacts import write_json
-    from ..envs import make_env
-    from ..evaluation import check_env_errors
-    from ..executor import make_executor
-    from ..tree import build_trees, stats_frame, tree_tasks
+    from qlass_lib.core.artifacts import write_json
+    from qlass_lib.envs import make_env
+    from qlass_lib.method.evaluation import check_env_errors
+    from qlass_lib.method.executor import make_executor
+    from qlass_lib.method.tree import build_trees, stats_frame, tree_tasks
     cfg, out = ctx.cfg, ctx.stage_dir("02")
     env = make_env(cfg.env)
     try:
@@ -99,6 +100,6 @@ def run(ctx) -> TreesResult:
 
 def load(stage_dir: Path) -> dict:
     """What a finished stage 02 wrote, for ``report``."""
-    from ..artifacts import read_json
+    from qlass_lib.core.artifacts import read_json
     p = Path(stage_dir) / "tree_summary.json"
     return {"summary": read_json(p)} if p.is_file() else {}

@@ -1,0 +1,2 @@
+"""The runner: run context, papermill pipeline, locks, fingerprints and pre-flight checks.
+"""

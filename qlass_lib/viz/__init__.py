@@ -1,0 +1,2 @@
+"""Figures, the ipywidgets tree viewer and the self-contained HTML tree inspector.
+"""
