@@ -29,7 +29,7 @@ def test_stage01_artifacts(smoke_run):
     d = RUN / "01_behavior_cloning"
     m = json.loads((d / "manifest.json").read_text())
     assert m["status"] == "complete" and len(m["fingerprint"]["all"]) == 16 and m["seed"] == 0
-    assert set(m["fingerprint"]) == {"params", "code", "notebook", "packages", "upstream", "all"}
+    assert set(m["fingerprint"]) == {"params", "code", "data", "notebook", "packages", "upstream", "all"}
     assert all(len(d["sha256"]) == 64 for d in m["artifacts"].values()) and "policy/model.safetensors" in m["artifacts"]
     assert m["wall_clock_guard_hit"] == []
     assert m["versions"]["torch"] and m["versions"]["transformers"] and m["wall_time_s"] > 0
@@ -319,3 +319,24 @@ def test_every_json_artifact_of_the_run_is_strict_json(smoke_run):
                 raise AssertionError(f"{p.relative_to(RUN)}: {exc}") from None
     sweep = json.loads((RUN / "04_qnet_training" / "qnet_metrics.json").read_text())["prior_sweep"]
     assert [r["scorer"] for r in sweep] == ["q + w*log_pi"] * 8 + ["log_pi"] and sweep[-1]["prior_weight"] is None
+
+
+@pytest.mark.smoke
+def test_executed_notebooks_pass_nbval(smoke_run, tmp_path):
+    """The smoke run's executed notebooks run again under nbval (``--nbval-lax``: every cell must run without an
+    error) on a copy of the run, so the run itself is not touched; every stage finds its results and reloads."""
+    import shutil
+    copy = tmp_path / RUN_ID
+    shutil.copytree(RUN, copy, ignore=shutil.ignore_patterns(".runner*", ".kernel*"))
+    notebooks = sorted(copy.glob("0*.ipynb"))
+    assert [p.stem for p in notebooks] == [p.name for p in sorted(RUN.glob("0*_*")) if p.is_dir()]
+    for nb in notebooks:
+        text = nb.read_text()
+        assert text.count(json.dumps(f'run_dir = "{RUN}"')[1:-1]) == 1
+        nb.write_text(text.replace(json.dumps(f'run_dir = "{RUN}"')[1:-1], json.dumps(f'run_dir = "{copy}"')[1:-1]))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+                           "--nbval-current-env", *map(str, notebooks)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    cells = sum(sum(c["cell_type"] == "code" for c in json.loads(nb.read_text())["cells"]) for nb in notebooks)
+    assert f"{cells} passed" in proc.stdout, proc.stdout[-2000:]

@@ -4,9 +4,7 @@ Two phases, both optional and resumable:
 
 1. **copy first** (``model.tiny.copy_first_steps``): copy drills alone at a constant learning rate after the
    warm-up, until the held-out copy accuracy reaches ``copy_first_target`` (checked every
-   :data:`CHECK_EVERY` steps).  Measured here on the 4-layer/128-hidden model: the skill appears as a phase
-   change after ~450 steps of drills alone, while drills mixed into 700 steps of expert text with a decaying
-   rate never got there (held-out accuracy 0.047).
+   :data:`CHECK_EVERY` steps) (what it measured: docs/guide.md, "The embedded tiny model").
 2. **expert text** (``model.tiny.pretrain_steps``): next-token prediction on the rendered expert conversations
    (every token supervised, observations included), with ``copy_share`` of the examples copy drills (of the
    copy-first phase's source) so the copy skill is kept.
