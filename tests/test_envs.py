@@ -144,3 +144,21 @@ def test_ambiguous_option_lists_replay_identically():
         listing, after = seen.pop()
         assert listing.splitlines()[4] == "3:\tteleport foundry (in universe)" and after == "You teleport to the foundry."
         assert check_env(env, task, ["teleport to room", "3", "look around"], repeats=3)["deterministic"]
+
+
+def test_search_may_run_on_more_held_out_tasks_than_stage01_evaluates(tmp_path):
+    """search.tasks_per_type counts from the same evaluation list as env.eval_per_type, so stage 01's BC
+    evaluation set is a prefix of the search set (params/default-large.yaml extends the default's 24 tasks)."""
+    from qlass_lib.core.config import EnvConfig
+    from qlass_lib.envs import eval_tasks, per_type
+    env = ScriptedEnv()
+    cfg = EnvConfig(name="scripted", eval_split="test", eval_per_type=1)
+    bc_eval, search = eval_tasks(env, cfg), eval_tasks(env, cfg, 2)
+    assert bc_eval == per_type(env.tasks("test"), 1) and search == per_type(env.tasks("test"), 2)
+    assert len(search) == 2 * len(bc_eval) and all(t in search for t in bc_eval)
+    assert eval_tasks(env, cfg, None) == bc_eval
+    f = tmp_path / "tasks.txt"
+    f.write_text("a 1\na 2\na 3\nb 1\n")
+    cfg_file = EnvConfig(name="scripted", eval_task_file=str(f))
+    assert eval_tasks(env, cfg_file, 2) == [TaskRef("a", 1), TaskRef("a", 2), TaskRef("b", 1)]
+    assert len(eval_tasks(env, cfg_file)) == 4

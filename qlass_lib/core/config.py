@@ -43,7 +43,7 @@ class EnvConfig:
     train_per_type: Optional[int] = doc(None, "train variations per task type for expert data / BC (None = all)", ge=1)
     train_split: Literal["train", "dev"] = doc("train", "split that expert data, BC and trees use (dev only for small smoke runs)")
     eval_split: Literal["dev", "test"] = doc("test", "held-out split for BC evaluation and search")
-    eval_per_type: int = doc(10, "held-out variations per task type for evaluation", ge=1)
+    eval_per_type: int = doc(10, "held-out variations per task type for stage 01's BC evaluation (and for search unless search.tasks_per_type is set)", ge=1)
     eval_task_file: Optional[str] = doc(None, "file listing evaluation tasks (task + variation per line, or JSON); overrides eval_split/eval_per_type")
 
 
@@ -159,7 +159,7 @@ class QNetConfig:
 
 @dataclass
 class SearchConfig:
-    tasks_per_type: int = doc(5, "evaluation tasks per type used for search (a prefix of the held-out list)", ge=1)
+    tasks_per_type: Optional[int] = doc(None, "held-out tasks per type that search runs on: the first of the evaluation list (eval_task_file, else eval_split), so stage 01's BC evaluation set is a prefix of it; None = env.eval_per_type", ge=1)
     n_trajectories: int = doc(4, "trajectories per task N (Best-of-N and QLASS)", ge=1)
     m_candidates: list[int] = doc([2, 4], "candidates per step M swept for QLASS", ge=1)
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"doc": "sampling for Best-of-N and QLASS candidates"})

@@ -80,12 +80,13 @@ def per_type(tasks: list[TaskRef], k: int | None) -> list[TaskRef]:
     return out
 
 
-def eval_tasks(env: TextEnv, env_cfg) -> list[TaskRef]:
-    """The held-out evaluation tasks: a task file when given, else ``eval_per_type`` of ``eval_split``."""
+def eval_tasks(env: TextEnv, env_cfg, per_type_count: int | None = None) -> list[TaskRef]:
+    """The held-out evaluation tasks: the first ``per_type_count`` (default ``eval_per_type``) per type of
+    ``eval_split``; with a task file, its tasks (the first ``per_type_count`` per type when given)."""
     if env_cfg.eval_task_file:
         tasks = read_task_file(env_cfg.eval_task_file)
         if env_cfg.name == "scienceworld":
             from qlass_lib.envs.scienceworld import canonical_task
             tasks = [TaskRef(canonical_task(t.task_type), t.variation) for t in tasks]
-        return tasks
-    return per_type(env.tasks(env_cfg.eval_split), env_cfg.eval_per_type)
+        return per_type(tasks, per_type_count)
+    return per_type(env.tasks(env_cfg.eval_split), per_type_count or env_cfg.eval_per_type)

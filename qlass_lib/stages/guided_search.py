@@ -88,7 +88,7 @@ def run(ctx) -> SearchResult:
     from qlass_lib.core.artifacts import write_json
     from qlass_lib.core.series import STAGES
     from qlass_lib.analysis.cost import total_cost
-    from qlass_lib.envs import eval_tasks, make_env, per_type
+    from qlass_lib.envs import eval_tasks, make_env
     from qlass_lib.method.evaluation import check_env_errors
     from qlass_lib.method.executor import make_executor
     from qlass_lib.text.paraphrase import make_paraphraser
@@ -102,7 +102,7 @@ def run(ctx) -> SearchResult:
         qnets = {t: load_qnet(d, cfg.model) for t, d in qnet_dirs.items()}
         qnet = qnets["q"]
         runner = make_executor(ctx, env, policy, qnets, qnet_dirs)
-        tasks = per_type(eval_tasks(env, cfg.env), s.tasks_per_type)
+        tasks = eval_tasks(env, cfg.env, s.tasks_per_type)
         paraphraser = make_paraphraser(s)
         desc = (f"{len(tasks)} held-out tasks ({cfg.env.eval_split}); N={s.n_trajectories} M={s.m_candidates} "
                 f"seeds={s.seeds}; generation {cfg.generation.backend}, executor {cfg.executor.kind}")
