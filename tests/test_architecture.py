@@ -4,6 +4,7 @@ Every ``import`` in ``qlass_lib`` (also those inside functions) is read from the
 lazy import counts too.
 """
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,5 +132,24 @@ def test_the_method_is_in_one_folder():
     assert "qlass_lib.method.rollout" in edges["qlass_lib.method.search"]
     assert "qlass_lib.models.policy" in edges["qlass_lib.method.search"]
     search = (LIB / "method" / "search.py").read_text()
-    chooser = search[search.index("def qlass_chooser"):search.index("def guided_scores")]
+    chooser = search[search.index("def qlass_chooser"):search.index("def _qlass_turn")]
     assert "policy.propose(state, m, sampling, budget)" in chooser and "qnet.score(state" in chooser
+    assert "ranked_chooser(propose, value" in chooser
+
+
+def test_one_way_to_act():
+    """Agents act through one loop and one step: outside the environments, only ``method/rollout.py`` steps an
+    env (``act``) or loops over turns (``play``); the expert's replay of its gold actions is text preparation.
+    Trees, episodes and the lookahead diagnostic call ``play``; QLASS and the lookahead rankers share
+    ``search.ranked_chooser``; episode logs are written by ``rollout.episode_record``."""
+    stepping = {m for m, p in _modules().items() if re.search(r"\benv\.(step|skip_turn)\(|self\.env\.step\(",
+                                                              p.read_text()) and ".envs." not in m}
+    assert stepping == {"qlass_lib.method.rollout", "qlass_lib.text.expert"}
+    for mod in ("method/tree.py", "method/rollout.py", "diagnostics/lookahead.py"):
+        assert "play(" in (LIB / mod).read_text(), mod
+    assert "search_chooser(" in (LIB / "diagnostics" / "lookahead.py").read_text()
+    for mod in ("method/search.py", "method/evaluation.py", "method/self_training.py", "diagnostics/lookahead.py"):
+        assert "episode_record(" in (LIB / mod).read_text(), mod
+    for mod in ("method/bc.py", "method/qnet_data.py", "method/prior.py"):
+        text = (LIB / mod).read_text()
+        assert "collate(" in text and "pad(" not in text, mod  # the one collator

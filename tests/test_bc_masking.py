@@ -1,6 +1,7 @@
 import pytest
 
 from qlass_lib.method import bc
+from qlass_lib.text import examples
 from qlass_lib.text import prompts
 from qlass_lib.text.expert import to_conversations
 
@@ -15,9 +16,9 @@ def _conv(n_turns, obs_words=3):
 def test_labels_cover_exactly_the_agent_turns(tiny_tok):
     tok, _ = tiny_tok
     msgs = _conv(3)
-    ids, labels = bc.mask_labels(tok, msgs)
+    ids, labels = examples.mask_labels(tok, msgs)
     assert len(ids) == len(labels)
-    kept = [t for t, l in zip(ids, labels) if l != bc.IGNORE]
+    kept = [t for t, l in zip(ids, labels) if l != examples.IGNORE]
     text = tok.decode(kept)
     expected = "".join(m["content"] + tok.eos_token for m in msgs if m["role"] == "assistant")
     assert text == expected
@@ -28,14 +29,14 @@ def test_labels_cover_exactly_the_agent_turns(tiny_tok):
 def test_last_only_supervision(tiny_tok):
     tok, _ = tiny_tok
     msgs = _conv(3)
-    ids, labels = bc.mask_labels(tok, msgs, supervise="last")
-    assert tok.decode([t for t, l in zip(ids, labels) if l != bc.IGNORE]) == "Action: go to room 2" + tok.eos_token
+    ids, labels = examples.mask_labels(tok, msgs, supervise="last")
+    assert tok.decode([t for t, l in zip(ids, labels) if l != examples.IGNORE]) == "Action: go to room 2" + tok.eos_token
 
 
 def test_short_conversation_is_one_example(tiny_tok):
     tok, _ = tiny_tok
     rec = {"id": "t_1", "conversations": to_conversations(_conv(2))}
-    ex = bc.build_examples(tok, [rec], max_length=4096)
+    ex = examples.build_examples(tok, [rec], max_length=4096)
     assert len(ex) == 1
 
 
@@ -43,13 +44,13 @@ def test_long_conversation_truncates_from_left_keeping_current_turn(tiny_tok):
     tok, _ = tiny_tok
     msgs = _conv(12, obs_words=30)
     rec = {"id": "t_2", "conversations": to_conversations(msgs)}
-    full = len(bc.mask_labels(tok, msgs)[0])
+    full = len(examples.mask_labels(tok, msgs)[0])
     max_len = full // 3
-    ex = bc.build_examples(tok, [rec], max_length=max_len)
+    ex = examples.build_examples(tok, [rec], max_length=max_len)
     assert len(ex) == 12  # one example per agent turn
     for i, e in enumerate(ex):
         assert len(e.input_ids) <= max_len
-        sup = tok.decode([t for t, l in zip(e.input_ids, e.labels) if l != bc.IGNORE])
+        sup = tok.decode([t for t, l in zip(e.input_ids, e.labels) if l != examples.IGNORE])
         assert sup == f"Action: go to room {i}" + tok.eos_token  # the current turn, complete
         assert tok.decode(e.input_ids).endswith(sup)
     # late turns lost their oldest history but kept the task message
@@ -64,12 +65,12 @@ def test_loss_ignores_user_tokens(tiny_tok):
     tok, path = tiny_tok
     cfg = ModelConfig(bf16=False, device="cpu")
     model = load_model(str(path), cfg)
-    ex = bc.build_examples(tok, [{"id": "a_1", "conversations": to_conversations(_conv(2))}], 4096)
-    batch = bc.collate(ex, tok.pad_token_id, torch.device("cpu"))
+    ex = examples.build_examples(tok, [{"id": "a_1", "conversations": to_conversations(_conv(2))}], 4096)
+    batch = bc.batch_of(ex, tok.pad_token_id, torch.device("cpu"))
     loss, n = bc.action_loss(model, batch, cfg)
-    assert n == sum(1 for l in ex[0].labels[1:] if l != bc.IGNORE)
+    assert n == sum(1 for l in ex[0].labels[1:] if l != examples.IGNORE)
     # changing a user token's label target does not matter: mask a copy fully and loss has no tokens
-    batch2 = dict(batch, labels=torch.full_like(batch["labels"], bc.IGNORE))
+    batch2 = dict(batch, labels=torch.full_like(batch["labels"], examples.IGNORE))
     _, n2 = bc.action_loss(model, batch2, cfg)
     assert n2 == 0 and torch.isfinite(loss)
 
@@ -103,7 +104,7 @@ def test_tiny_pretraining_supervises_every_token_and_resumes(tiny_tok, tmp_path)
 def test_copy_drills_supervise_only_the_copies(tiny_tok):
     """A copy drill is span, separator, the same span, separator (repeated); only the second copies and their
     closing separator carry labels; the same seed cuts the same drills; shuffled drills permute each span, random ones draw from the token set."""
-    from qlass_lib.method.bc import IGNORE
+    from qlass_lib.text.examples import IGNORE
     from qlass_lib.method.pretrain import copy_accuracy, copy_drills
     from qlass_lib.core.config import ModelConfig
     from qlass_lib.models.loading import load_model
@@ -197,14 +198,40 @@ def test_loss_on_supervised_positions_equals_full_logits_cross_entropy(tiny_tok)
     model = load_model(str(path), cfg, train=True)
     model.eval()  # no dropout: both passes see the same function
     recs = [{"id": f"a_{k}", "conversations": to_conversations(_conv(k))} for k in (1, 3)]
-    batch = bc.collate(bc.build_examples(tok, recs, 4096), tok.pad_token_id, torch.device("cpu"))
+    batch = bc.batch_of(examples.build_examples(tok, recs, 4096), tok.pad_token_id, torch.device("cpu"))
     loss, n = bc.action_loss(model, batch, cfg)
     grads = [p.grad.clone() for p in model.parameters() if p.requires_grad] if loss.backward() is None else None
     model.zero_grad()
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     full = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
-                                             ignore_index=bc.IGNORE, reduction="sum") / n
+                                             ignore_index=examples.IGNORE, reduction="sum") / n
     full.backward()
     assert float(loss.detach()) == pytest.approx(float(full.detach()), rel=1e-5)
     for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]):
         assert torch.allclose(g, p.grad, atol=1e-6)
+
+
+def test_the_one_collator_pads_each_field_with_its_own_value():
+    from qlass_lib.text.batching import collate
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "target": [0.5, 0.25, 1.0]},
+            {"input_ids": [8], "labels": [8], "target": [0.75]}]
+    b = collate(rows, {"input_ids": 0, "labels": examples.IGNORE, "target": 0.0})
+    assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert b["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert b["target"].dtype == torch.float32 and b["target"].tolist() == [[0.5, 0.25, 1.0], [0.75, 0.0, 0.0]]
+    assert b["input_ids"].dtype == torch.long
+
+
+def test_the_one_task_split():
+    """BC's records and the QNet's trees are split by one rule; the trees keep at least one validation task."""
+    from qlass_lib.core.splits import split_ids, split_records
+    ids = [f"t_{i}" for i in range(10)]
+    train, val = split_ids(ids, 0.25, seed=3)
+    assert len(val) == 2 and train | val == set(ids) and not train & val  # round(2.5) = 2
+    assert split_ids(ids * 2, 0.25, seed=3) == (train, val)  # repeated ids count once; same seed, same split
+    assert split_ids(ids[:3], 0.1, seed=0)[1] == set() and len(split_ids(ids[:3], 0.1, seed=0, min_val=1)[1]) == 1
+    assert split_ids(["a"], 0.5, seed=0, min_val=1) == ({"a"}, set()) and split_ids(ids, 0.0, 0, min_val=1)[1] == set()
+    recs = [{"id": i, "k": j} for i in ids for j in range(2)]
+    tr, va = split_records(recs, 0.25, seed=3)
+    assert {r["id"] for r in va} == val and len(va) == 4 and len(tr) == 16 and tr + va != [] and tr[0]["id"] in train

@@ -8,7 +8,7 @@ import torch
 from qlass_lib.text import prompts
 from qlass_lib.core.config import ModelConfig
 from qlass_lib.method.prior import action_logprobs, prior_sibling_metrics
-from qlass_lib.method.qnet import encode_pair
+from qlass_lib.text.examples import encode_pair
 
 
 @pytest.fixture()

@@ -4,7 +4,9 @@ import torch
 from qlass_lib.text import prompts
 from qlass_lib.core.budget import Budget
 from qlass_lib.core.config import ModelConfig, QNetConfig
-from qlass_lib.method.qnet import QNet, encode_pair, last_index, load_qnet, pad
+from qlass_lib.method.qnet import QNet, last_index, load_qnet
+from qlass_lib.text.batching import pad
+from qlass_lib.text.examples import encode_pair
 from qlass_lib.method.qnet_metrics import evaluate_qnet
 from qlass_lib.method.qnet_train import train_qnet
 
@@ -78,17 +80,17 @@ def test_action_mask_covers_the_candidate_only(qnet):
 
 def test_losses_and_batch_training_reduce_error(qnet):
     state = _state()
-    from qlass_lib.method.qnet_data import _batch, _example, _segments, predict
+    from qlass_lib.method.qnet_data import _example, _segments, batch_of, predict
     exs = []
     for i, c in enumerate(CANDS * 3):
         ids, am = encode_pair(qnet.tokenizer, state, c, 512)
         y = [0.9, 0.1, 0.6, 0.0][i % 4]
         exs.append(_example(ids, [(s, e, y) for s, e in _segments(am)], target=y, task="t", parent=0, node=i, depth=1))
-    b = _batch(exs[:4], qnet.tokenizer.pad_token_id, torch.device("cpu"))
+    b = batch_of(exs[:4], qnet.tokenizer.pad_token_id, torch.device("cpu"))
     assert qnet.loss(b, "per_token").item() > 0 and qnet.loss(b, "last_token").item() > 0
     before = evaluate_qnet(predict(qnet, exs[:4]), exs[:4])["mse"]
     train_qnet(qnet, exs, [], QNetConfig(epochs=40, batch_size=4, learning_rate=3e-3, backbone_lr_scale=1.0,
-                                        max_minutes=2.0))
+                                        max_minutes=60.0))
     after = evaluate_qnet(predict(qnet, exs[:4]), exs[:4])
     assert after["mse"] < before / 4
     assert after["sibling_accuracy"] == 1.0 and after["sibling_random_baseline"] == 0.25

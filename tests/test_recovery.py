@@ -2,7 +2,7 @@
 copies are seeded. ``tests/test_alfworld.py`` replays them in real games."""
 import pytest
 
-from qlass_lib.method import bc
+from qlass_lib.text import examples
 from qlass_lib.text import prompts
 from qlass_lib.text.expert import to_conversations, to_messages
 from qlass_lib.text.recovery import (
@@ -63,14 +63,14 @@ def test_copies_are_seeded_and_insert_unsupervised_turns(tiny_tok):
         kept = [m for i, m in enumerate(msgs) if i not in inserted and i - 1 not in inserted]
         assert kept == to_messages(rec["conversations"])  # the expert turns, in order, unchanged
         # short example: only the expert turns are supervised
-        ids, labels = bc.mask_labels(tok, msgs)
-        sup = tok.decode([t for t, l in zip(ids, labels) if l != bc.IGNORE])
+        ids, labels = examples.mask_labels(tok, msgs)
+        sup = tok.decode([t for t, l in zip(ids, labels) if l != examples.IGNORE])
         assert sup == "".join(m["content"] + tok.eos_token for m in kept if m["role"] == "assistant")
         # long conversation (one window per turn): no window supervises an inserted turn
-        wins = bc.build_examples(tok, [copy], max_length=len(ids) // 2)
+        wins = examples.build_examples(tok, [copy], max_length=len(ids) // 2)
         assert len(wins) == 4
         for w in wins:
-            text = tok.decode([t for t, l in zip(w.input_ids, w.labels) if l != bc.IGNORE])
+            text = tok.decode([t for t, l in zip(w.input_ids, w.labels) if l != examples.IGNORE])
             assert text in {m["content"] + tok.eos_token for m in kept if m["role"] == "assistant"}
     assert add_recovery_copies(recs, "alfworld", 0, 1.0, seed=3) == []
     assert add_recovery_copies(recs, "alfworld", 1, 0.0, seed=3) == []  # nothing inserted: no copy

@@ -20,7 +20,7 @@ import re
 
 import pandas as pd
 
-from qlass_lib.text.prompts import NO_ACTION_OBSERVATION
+from qlass_lib.method.rollout import act
 from qlass_lib.envs.base import TaskRef
 from qlass_lib.analysis.counts import step_counts
 from qlass_lib.envs.webshop import WebShopEnv
@@ -39,11 +39,11 @@ def classify(env: WebShopEnv, task: TaskRef, actions: list[str | None]) -> dict:
     others: set[str] = set()  # other products whose item page was opened
     bad_id_clicks, bought_asin, bought_ok = 0, None, False
     for action in actions:
-        if action is None:  # a turn without a parsable action (it still counted toward the turn cap)
-            if env.skip_turn(NO_ACTION_OBSERVATION).done:
+        step = act(env, action)  # a turn without a parsable action still counts toward the turn cap
+        if action is None:
+            if step.done:
                 break
             continue
-        step = env.step(action)
         page = env.page
         if page.get("kind") == "results" and action.strip().lower().startswith("search"):
             searched = True

@@ -60,10 +60,11 @@ def train_rate(ctx, steps: int = 2, seed: int = 0) -> dict:
     import random
 
     from qlass_lib.method import bc
+    from qlass_lib.text.examples import build_examples
     from qlass_lib.models.loading import load_model, model_device
     cfg = ctx.cfg
     tok = ctx.policy().tokenizer
-    examples = bc.build_examples(tok, ctx.expert_records(), cfg.bc.max_length)
+    examples = build_examples(tok, ctx.expert_records(), cfg.bc.max_length)
     batches = bc.make_batches(examples, cfg.bc.batch_tokens, random.Random(seed))[:steps + 1]
     torch.manual_seed(seed)
     model = load_model(ctx.bc_base(), cfg.model, train=True)
@@ -71,7 +72,7 @@ def train_rate(ctx, steps: int = 2, seed: int = 0) -> dict:
     secs, tokens = 0.0, 0
     for i, batch in enumerate(batches):
         t0 = time.perf_counter()
-        loss, _ = bc.action_loss(model, bc.collate(batch, tok.pad_token_id, model_device(model)), cfg.model)
+        loss, _ = bc.action_loss(model, bc.batch_of(batch, tok.pad_token_id, model_device(model)), cfg.model)
         loss.backward()
         opt.step()
         opt.zero_grad()

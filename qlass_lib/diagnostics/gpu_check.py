@@ -147,7 +147,10 @@ def run_check(run_dir: str | Path, out: str | Path, shape: str = "7b", quant: bo
               bc_steps: int = 12, batch_tokens: int = 8192, qnet_steps: int = 8, qnet_examples: int = 256,
               m: int = 4, states: int = 6, seed: int = 0) -> dict:
     """Run every section (see the module doc); returns the report (also in ``out/gpu_check.json``)."""
+    from qlass_lib.core.splits import split_records
     from qlass_lib.method import bc, qnet as qn, qnet_data, qnet_train
+    from qlass_lib.text.examples import build_examples
+    from qlass_lib.text.expert import to_messages
     from qlass_lib.models import loading as models
     from qlass_lib.models.policy import Policy
     from qlass_lib.core.artifacts import read_jsonl
@@ -170,10 +173,10 @@ def run_check(run_dir: str | Path, out: str | Path, shape: str = "7b", quant: bo
     if not rep.section("build_base", lambda: build_random_base(base, records, shape, device, seed)):
         return rep.data
     tok = models.load_tokenizer(str(base), cfg.model)
-    train_recs, val_recs = bc.split_by_task(records, cfg.bc.val_fraction, seed)
-    train_ex = bc.build_examples(tok, train_recs, cfg.bc.max_length)
-    val_ex = bc.build_examples(tok, val_recs, cfg.bc.max_length)
-    probe = bc.collate(sorted(val_ex, key=lambda e: -len(e.input_ids))[:4], tok.pad_token_id, device)
+    train_recs, val_recs = split_records(records, cfg.bc.val_fraction, seed)
+    train_ex = build_examples(tok, train_recs, cfg.bc.max_length)
+    val_ex = build_examples(tok, val_recs, cfg.bc.max_length)
+    probe = bc.batch_of(sorted(val_ex, key=lambda e: -len(e.input_ids))[:4], tok.pad_token_id, device)
     policy_dir = out / "policy"
     held: dict = {}
 
@@ -217,7 +220,7 @@ def run_check(run_dir: str | Path, out: str | Path, shape: str = "7b", quant: bo
         sampling = SamplingConfig(temperature=0.7, max_new_tokens=48)
         rng = random.Random(seed)
         picked = rng.sample(records, min(states, len(records)))
-        msgs = [bc.to_messages(r["conversations"]) for r in picked]
+        msgs = [to_messages(r["conversations"]) for r in picked]
         prompts_ = [ms[:max(1, [i for i, x in enumerate(ms) if x["role"] == "assistant"][-1])] for ms in msgs]
         pol.propose(prompts_[0], n=m, sampling=sampling)  # warm-up
         _sync(device)

@@ -23,18 +23,17 @@ import dataclasses
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from qlass_lib.text import prompts
 from qlass_lib.models.policy import Candidate
-from qlass_lib.method.rollout import greedy_chooser, run_episode
+from qlass_lib.method.rollout import act, continuing, episode_record, greedy_chooser, play, run_episode
 from qlass_lib.core.artifacts import ResumableLog, read_json, write_json
 from qlass_lib.core.budget import Budget
 from qlass_lib.models.kvcache import PrefixCache
-from qlass_lib.method.search import distinct, episode_seed
+from qlass_lib.method.search import episode_seed
+from qlass_lib.method.search import ranked_chooser as search_chooser
 
 SCHEMA_VERSION = 1
 RANKERS = ("sample", "policy", "qnet", "lookahead")
@@ -55,10 +54,6 @@ class Lookahead:
         self.rollouts = 0
         self.env_steps = 0
 
-    def _act(self, action: str | None):
-        self.env_steps += 1
-        return self.env.skip_turn(prompts.NO_ACTION_OBSERVATION) if action is None else self.env.step(action)
-
     def value(self, task, executed: list[Candidate], state: list[dict], cand: Candidate) -> float:
         key = (task.id, tuple(c.text for c in executed), cand.text)
         if key not in self.cache:
@@ -68,41 +63,38 @@ class Lookahead:
     def _rollout(self, task, executed: list[Candidate], state: list[dict], cand: Candidate) -> float:
         self.env.reset(task)
         for c in executed:
-            self._act(c.action)
-        step = self._act(cand.action)
-        st = prompts.extend(state, cand.text, step.observation)
-        while not step.done:
-            c = self.policy.propose(st, 1, None)[0]
-            step = self._act(c.action)
-            st = prompts.extend(st, c.text, step.observation)
+            act(self.env, c.action)
+        self.env_steps += len(executed)
+        for _, _, step, _ in play(self.env, state, continuing(cand, greedy_chooser(self.policy))):
+            self.env_steps += 1
         self.rollouts += 1
         return float(step.info["score"])
 
 
 def ranked_chooser(ranker: str, policy, qnet, oracle: Lookahead, task, m: int, sampling, budget: Budget):
-    """Sample ``m`` candidates, keep the distinct ones (as QLASS does), value each by the QNet, the policy's
-    log-probability and lookahead, and execute the ``ranker``'s choice.  The QNet is charged to the budget only
-    when it is the ranker; with one distinct candidate nothing is scored (as in stage 05)."""
+    """QLASS's step (:func:`qlass_lib.method.search.ranked_chooser`: sample ``m``, keep the distinct ones) with
+    every distinct candidate valued by the QNet, the policy's log-probability and lookahead, executing the
+    ``ranker``'s choice.  The QNet is charged to the budget only when it is the ranker; with one distinct
+    candidate nothing is scored (as in stage 05)."""
     if ranker not in RANKERS:
         raise ValueError(f"unknown ranker {ranker!r} (one of {', '.join(RANKERS)})")
     executed: list[Candidate] = []
 
-    def choose(state, turn):
-        cands = policy.propose(state, m, sampling, budget)
-        pool = [cands[i] for i in distinct(cands)]
-        q = lp = la = [None] * len(pool)
-        pick = 0
-        if len(pool) > 1:
-            q = [float(v) for v in qnet.score(state, [c.text for c in pool], budget if ranker == "qnet" else None)]
-            lp = [c.logprob for c in pool]
-            la = [oracle.value(task, executed, state, c) for c in pool]
-            by = {"sample": None, "policy": lp, "qnet": q, "lookahead": la}[ranker]
-            pick = 0 if by is None else int(np.argmax(by))
-        executed.append(pool[pick])
-        return pool[pick], {"distinct": len(pool), "prefix": [c.text for c in executed[:-1]],
-                            "candidates": [{"text": c.text, "action": c.action, "q": a, "logprob": b, "lookahead": v}
-                                           for c, a, b, v in zip(pool, q, lp, la)]}
-    return choose
+    def value(state, pool):
+        q = [float(v) for v in qnet.score(state, [c.text for c in pool], budget if ranker == "qnet" else None)]
+        lp = [c.logprob for c in pool]
+        la = [oracle.value(task, executed, state, c) for c in pool]
+        by = {"sample": [0.0] * len(pool), "policy": lp, "qnet": q, "lookahead": la}[ranker]
+        return {"rank": by, "q": q, "logprob": lp, "lookahead": la}
+
+    def describe(r) -> dict:
+        executed.append(r.pool[r.best])
+        none = [None] * len(r.pool)
+        v = r.values or {"q": none, "logprob": none, "lookahead": none}
+        return {"distinct": len(r.pool), "prefix": [c.text for c in executed[:-1]],
+                "candidates": [{"text": c.text, "action": c.action, "q": a, "logprob": b, "lookahead": x}
+                               for c, a, b, x in zip(r.pool, v["q"], v["logprob"], v["lookahead"])]}
+    return search_chooser(lambda state: policy.propose(state, m, sampling, budget), value, describe)
 
 
 def run(policy, qnet, env, lookahead_env, tasks, m: int, sampling, seeds: list[int], out_path: str | Path,
@@ -118,10 +110,9 @@ def run(policy, qnet, env, lookahead_env, tasks, m: int, sampling, seeds: list[i
         choose = (greedy_chooser(policy, budget) if method == "greedy"
                   else ranked_chooser(method, policy, qnet, oracle, task, m, sampling, budget))
         ep = run_episode(env, task, choose, budget, example=example)
-        log.append({"schema_version": SCHEMA_VERSION, "method": method, "task": task.id, "seed": seed, "traj": 0,
-                    "m": m, "task_type": task.task_type, "variation": task.variation, **ep.to_dict(),
-                    "budget": budget.snapshot(), "lookahead_rollouts": oracle.rollouts - r0,
-                    "lookahead_env_steps": oracle.env_steps - s0, "wall_s": time.perf_counter() - t0})
+        log.append(episode_record(ep, task, budget, schema_version=SCHEMA_VERSION, method=method, seed=seed, traj=0,
+                                  m=m, lookahead_rollouts=oracle.rollouts - r0, lookahead_env_steps=oracle.env_steps - s0,
+                                  wall_s=time.perf_counter() - t0))
     wanted = {t.id for t in tasks}
     return log.records(lambda r: r["task"] in wanted and (r["method"] == "greedy" or r["seed"] in seeds))
 

@@ -9,69 +9,13 @@ loop resumable after a crash.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from qlass_lib.text import prompts
-from qlass_lib.text.expert import to_messages
+from qlass_lib.text.batching import collate
+from qlass_lib.text.examples import IGNORE, Example
 from qlass_lib.models.loading import autocast, model_device
-
-IGNORE = -100
-
-
-@dataclass
-class Example:
-    input_ids: list[int]
-    labels: list[int]
-    task_id: str = ""
-
-
-def mask_labels(tokenizer, messages: list[dict], supervise: str = "all") -> tuple[list[int], list[int]]:
-    """Token ids of the rendered conversation and labels that keep only assistant tokens.
-
-    ``supervise='last'`` keeps only the final assistant turn.
-    """
-    text, spans = prompts.assistant_spans(tokenizer, messages, last_only=supervise == "last")
-    text = text.rstrip()  # nothing to learn after the last end-of-turn marker
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    labels = []
-    for tid, (s, e) in zip(ids, offsets):
-        inside = any(a <= s < b for a, b in spans) and e > s
-        labels.append(tid if inside else IGNORE)
-    return ids, labels
-
-
-def build_examples(tokenizer, records: list[dict], max_length: int) -> list[Example]:
-    out = []
-    for rec in records:
-        msgs = to_messages(rec["conversations"])
-        while msgs and msgs[-1]["role"] != "assistant":
-            msgs = msgs[:-1]
-        if not msgs:
-            continue
-        ids, labels = mask_labels(tokenizer, msgs)
-        if len(ids) <= max_length:
-            out.append(Example(ids, labels, rec["id"]))
-            continue
-        for i, m in enumerate(msgs):
-            if m["role"] != "assistant" or m.get("loss") is False:
-                continue
-            window = prompts.fit(tokenizer, msgs[: i + 1], max_length, add_generation_prompt=False)
-            ids, labels = mask_labels(tokenizer, window, supervise="last")
-            out.append(Example(ids[-max_length:], labels[-max_length:], rec["id"]))
-    return out
-
-
-def split_by_task(records: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    ids = sorted({r["id"] for r in records})
-    random.Random(seed).shuffle(ids)
-    n_val = int(round(len(ids) * val_fraction)) if len(ids) > 1 else 0
-    val = set(ids[:n_val])
-    return [r for r in records if r["id"] not in val], [r for r in records if r["id"] in val]
-
 
 def make_batches(examples: list[Example], batch_tokens: int, rng: random.Random) -> list[list[Example]]:
     """Shuffle, bucket by length, and pack so that (longest x count) stays within ``batch_tokens``."""
@@ -93,13 +37,6 @@ def make_batches(examples: list[Example], batch_tokens: int, rng: random.Random)
     return batches
 
 
-def collate(batch: list[Example], pad_id: int, device) -> dict:
-    from qlass_lib.text.batching import pad
-    ids, att = pad([e.input_ids for e in batch], pad_id, "right")
-    labels, _ = pad([e.labels for e in batch], IGNORE, "right")
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": att.to(device)}
-
-
 def action_loss(model, batch: dict, model_cfg) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over supervised (agent) tokens, and their count.
 
@@ -117,13 +54,19 @@ def action_loss(model, batch: dict, model_cfg) -> tuple[torch.Tensor, int]:
 
 
 @torch.no_grad()
+def batch_of(examples: list[Example], pad_id: int, device) -> dict:
+    """A training batch of BC examples (:func:`qlass_lib.text.batching.collate`): ids, labels, attention mask."""
+    return collate([{"input_ids": e.input_ids, "labels": e.labels} for e in examples],
+                   {"input_ids": pad_id, "labels": IGNORE}, device)
+
+
 def validation_loss(model, examples: list[Example], tokenizer, model_cfg, batch_tokens: int) -> float:
     if not examples:
         return float("nan")
     model.eval()
     total, count = 0.0, 0
     for batch in make_batches(examples, batch_tokens, random.Random(0)):
-        loss, n = action_loss(model, collate(batch, tokenizer.pad_token_id, model_device(model)), model_cfg)
+        loss, n = action_loss(model, batch_of(batch, tokenizer.pad_token_id, model_device(model)), model_cfg)
         total += float(loss) * n
         count += n
     model.train()
@@ -154,7 +97,7 @@ def train_bc(model, tokenizer, train_ex: list[Example], val_ex: list[Example], b
     model.train()
 
     def loss_fn(batch):
-        loss, n = action_loss(model, collate(batch, tokenizer.pad_token_id, device), model_cfg)
+        loss, n = action_loss(model, batch_of(batch, tokenizer.pad_token_id, device), model_cfg)
         return loss, {"tokens": n, "input_tokens": sum(len(e.input_ids) for e in batch)}
 
     def after_step(st: LoopState, rec: dict):

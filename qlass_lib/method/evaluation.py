@@ -7,7 +7,7 @@ from typing import Callable
 
 import pandas as pd
 
-from qlass_lib.method.rollout import Chooser, run_episode
+from qlass_lib.method.rollout import Chooser, episode_record, run_episode
 from qlass_lib.core.artifacts import ResumableLog, had_env_errors
 from qlass_lib.core.budget import Budget
 from qlass_lib.envs import TaskRef
@@ -27,8 +27,7 @@ def evaluate(executor, tasks: list[TaskRef], make_chooser: Callable[[Workspace, 
 def _episode_job(make_chooser, tag: dict, ws: Workspace, task: TaskRef) -> dict:
     budget = Budget()
     ep = run_episode(ws.env, task, make_chooser(ws, budget), budget, ws.example)
-    return {**tag, **ep.to_dict(), "task_type": task.task_type, "variation": task.variation,
-            "budget": budget.snapshot()}
+    return episode_record(ep, task, budget, **tag)
 
 
 def check_env_errors(records: list[dict], max_share: float, what: str) -> dict:

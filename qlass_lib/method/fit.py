@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from qlass_lib.core.artifacts import read_json, write_json
-from qlass_lib.method.bc import IGNORE, build_examples, split_by_task, train_bc
+from qlass_lib.core.splits import split_records
+from qlass_lib.method.bc import train_bc
+from qlass_lib.text.examples import IGNORE, build_examples
 from qlass_lib.method.pretrain import pretrain_tiny
 from qlass_lib.models.loading import load_model, load_policy, load_tokenizer, save_policy
 from qlass_lib.text.object_swap import add_object_swaps
@@ -29,7 +31,7 @@ def fit_policy(cfg, records: list[dict], base: str, out_dir, extra_train: list[d
         base = pretrain_tiny(cfg, base, records, out_dir)
     tok = load_tokenizer(base, cfg.model)
     model = load_model(base, cfg.model, train=True)
-    train_recs, val_recs = split_by_task(records, cfg.bc.val_fraction, cfg.seed)
+    train_recs, val_recs = split_records(records, cfg.bc.val_fraction, cfg.seed)
     recovery = add_recovery_copies(train_recs, cfg.env.name, cfg.bc.recovery_copies, cfg.bc.recovery_rate, cfg.seed)
     swaps = add_object_swaps(train_recs, cfg.env.name, cfg.bc.object_swap_copies, cfg.seed)
     train_recs = train_recs + recovery + swaps + list(extra_train or [])

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from qlass_lib.text import prompts
-from qlass_lib.method.bc import IGNORE, Example, action_loss, collate, train_bc
+from qlass_lib.method.bc import action_loss, batch_of, train_bc
+from qlass_lib.text.examples import IGNORE, Example
 from qlass_lib.text.expert import to_messages
 from qlass_lib.models.loading import autocast, model_device
 
@@ -115,7 +116,7 @@ def copy_phase(cfg, model, sep: int, ids: list[int], held_out: list[Example], ck
         return [drills[i:i + tiny.copy_batch] for i in range(0, len(drills), tiny.copy_batch)]
 
     def loss_fn(batch):
-        loss, n = action_loss(model, collate(batch, sep, device), cfg.model)
+        loss, n = action_loss(model, batch_of(batch, sep, device), cfg.model)
         return loss, {"tokens": n}
 
     def after_step(st: LoopState, rec: dict):

@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 
 from qlass_lib.core.artifacts import read_jsonl
-from qlass_lib.text.batching import pad
+from qlass_lib.text.batching import collate
 from qlass_lib.models.loading import model_device
-from qlass_lib.method.qnet import encode_pair
+from qlass_lib.text.examples import encode_pair
 
 
 @torch.no_grad()
@@ -33,11 +33,10 @@ def action_logprobs(model, tokenizer, rows: list[dict], max_length: int, batch_s
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for k in range(0, len(order), batch_size):
         idx = order[k:k + batch_size]
-        ids, att = pad([enc[i][0] for i in idx], pad_id, "right")
-        mask, _ = pad([enc[i][1] for i in idx], 0, "right")
-        logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, -1).gather(2, ids[:, 1:, None].to(device))[..., 0]
-        out[idx] = (logp * mask[:, 1:].to(device)).sum(1).cpu().numpy()
+        b = collate([{"input_ids": enc[i][0], "mask": enc[i][1]} for i in idx], {"input_ids": pad_id, "mask": 0}, device)
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, -1).gather(2, b["input_ids"][:, 1:, None])[..., 0]
+        out[idx] = (logp * b["mask"][:, 1:]).sum(1).cpu().numpy()
     return out
 
 

@@ -20,9 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from qlass_lib.text import prompts
 from qlass_lib.text.batching import pad
-from qlass_lib.method.bc import IGNORE, mask_labels
+from qlass_lib.text.examples import encode_pair
 from qlass_lib.models.kvcache import PrefixCache
 from qlass_lib.models.loading import (
     autocast,
@@ -33,15 +32,6 @@ from qlass_lib.models.loading import (
     returned_cache,
     save_policy,
 )
-
-
-def encode_pair(tokenizer, state: list[dict], action_text: str, max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids of state + candidate turn, and a 0/1 mask of the candidate's tokens (left-truncated to fit)."""
-    msgs = prompts.fit(tokenizer, state + [{"role": "assistant", "content": action_text.strip()}], max_length,
-                       add_generation_prompt=False)
-    ids, labels = mask_labels(tokenizer, msgs, supervise="last")
-    ids, labels = ids[-max_length:], labels[-max_length:]
-    return ids, [int(x != IGNORE) for x in labels]
 
 
 def positions(attention_mask: torch.Tensor, offset: torch.Tensor | int = 0) -> torch.Tensor:
@@ -231,4 +221,4 @@ def load_qnet(path: str | Path, model_cfg) -> QNet:
     return q
 
 
-__all__ = ["QNet", "encode_pair", "from_policy", "load_qnet", "pad", "is_adapter_dir"]
+__all__ = ["QNet", "from_policy", "load_qnet", "is_adapter_dir"]

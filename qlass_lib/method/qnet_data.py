@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 from qlass_lib.core.artifacts import read_jsonl
-from qlass_lib.method.qnet import QNet, encode_pair, pad
+from qlass_lib.method.qnet import QNet
+from qlass_lib.text.batching import collate
+from qlass_lib.text.examples import encode_pair
 from qlass_lib.models.loading import model_device
 
 
@@ -102,7 +104,7 @@ def predict_paths(qnet: QNet, path_exs: list[dict], batch_size: int = 16) -> dic
     order = sorted(range(len(path_exs)), key=lambda i: len(path_exs[i]["ids"]))
     for i in range(0, len(order), batch_size):
         chunk = order[i:i + batch_size]
-        b = _batch([path_exs[j] for j in chunk], qnet.tokenizer.pad_token_id, device)
+        b = batch_of([path_exs[j] for j in chunk], qnet.tokenizer.pad_token_id, device)
         v = qnet.forward(b["input_ids"], b["attention_mask"], b["action_mask"])
         for r, j in enumerate(chunk):
             pos = b["last_mask"][r].nonzero().flatten().tolist()
@@ -111,14 +113,12 @@ def predict_paths(qnet: QNet, path_exs: list[dict], batch_size: int = 16) -> dic
     return out
 
 
-def _batch(exs: list[dict], pad_id: int, device) -> dict:
-    ids, att = pad([e["ids"] for e in exs], pad_id, "right")
-    am, _ = pad([e["action_mask"] for e in exs], 0, "right")
-    lm, _ = pad([e["last_mask"] for e in exs], 0, "right")
-    n = ids.shape[1]
-    tt = torch.tensor([e["target_tok"] + [0.0] * (n - len(e["target_tok"])) for e in exs])
-    return {"input_ids": ids.to(device), "attention_mask": att.to(device), "action_mask": am.to(device),
-            "last_mask": lm.to(device), "target_tok": tt.to(device)}
+def batch_of(exs: list[dict], pad_id: int, device) -> dict:
+    """A batch of QNet examples (:func:`qlass_lib.text.batching.collate`): ids, attention, the candidate-token
+    mask, the last-token mask and the per-token targets."""
+    return collate([{"input_ids": e["ids"], "action_mask": e["action_mask"], "last_mask": e["last_mask"],
+                     "target_tok": e["target_tok"]} for e in exs],
+                   {"input_ids": pad_id, "action_mask": 0, "last_mask": 0, "target_tok": 0.0}, device)
 
 
 @torch.no_grad()
@@ -128,7 +128,7 @@ def predict(qnet: QNet, exs: list[dict], batch_size: int = 16) -> np.ndarray:
     out = []
     order = sorted(range(len(exs)), key=lambda i: len(exs[i]["ids"]))
     for i in range(0, len(order), batch_size):
-        b = _batch([exs[j] for j in order[i:i + batch_size]], qnet.tokenizer.pad_token_id, device)
+        b = batch_of([exs[j] for j in order[i:i + batch_size]], qnet.tokenizer.pad_token_id, device)
         out += qnet.values(b["input_ids"], b["attention_mask"], b["action_mask"]).tolist()
     pred = np.empty(len(exs))
     pred[order] = out

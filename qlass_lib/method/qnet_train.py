@@ -10,7 +10,7 @@ import torch
 
 from qlass_lib.models.loading import model_device
 from qlass_lib.method.qnet import QNet
-from qlass_lib.method.qnet_data import _batch, load_examples, load_path_examples, node_records, predict, predict_paths
+from qlass_lib.method.qnet_data import batch_of, load_examples, load_path_examples, node_records, predict, predict_paths
 from qlass_lib.method.qnet_metrics import evaluate_qnet, informative_examples
 from qlass_lib.method.qnet_rank import segment_keys, sibling_rank_loss, tree_batches
 
@@ -33,7 +33,7 @@ def last_token_features(qnet: QNet, exs: list[dict], batch_size: int = 16):
     order = sorted(range(len(exs)), key=lambda i: len(exs[i]["ids"]))
     for i in range(0, len(order), batch_size):
         chunk = order[i:i + batch_size]
-        b = _batch([exs[j] for j in chunk], qnet.tokenizer.pad_token_id, device)
+        b = batch_of([exs[j] for j in chunk], qnet.tokenizer.pad_token_id, device)
         h, _ = qnet.hidden(b["input_ids"], b["attention_mask"])
         h = qnet.features(h, b["action_mask"])
         for r, j in enumerate(chunk):
@@ -134,7 +134,7 @@ def train_qnet(qnet: QNet, train: list[dict], val: list[dict], cfg, seed: int = 
             v_last, y_last = qnet.head(feats[idx]).squeeze(-1), ys[idx]
             mse = ((v_last - y_last) ** 2).mean()
         else:
-            batch = _batch([train[j] for j in b], qnet.tokenizer.pad_token_id, device)
+            batch = batch_of([train[j] for j in b], qnet.tokenizer.pad_token_id, device)
             n = int(batch["attention_mask"].sum())
             tokens["forward_tokens"] += n
             tokens["backward_tokens"] += n if backbone and cfg.backbone_lr_scale > 0 else 0

@@ -10,10 +10,10 @@
 """
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from qlass_lib.core.artifacts import dumps, write_json
+from qlass_lib.core.splits import split_ids
 from qlass_lib.method.tree import Tree
 
 SCHEMA_VERSION = 1
@@ -89,13 +89,6 @@ def compute(trees: list[Tree], gamma: float, normalize: str = "tree") -> dict:
     return {"trees": len(trees), "degenerate_trees": int(degenerate), "normalize": normalize, "gamma": gamma}
 
 
-def split_tasks(trees: list[Tree], val_fraction: float, seed: int) -> tuple[set[str], set[str]]:
-    ids = sorted(t.task.id for t in trees)
-    random.Random(seed).shuffle(ids)
-    n_val = max(1, int(round(len(ids) * val_fraction))) if len(ids) > 1 and val_fraction > 0 else 0
-    return set(ids[n_val:]), set(ids[:n_val])
-
-
 def path_records(t: Tree, env_name: str, example, avg: dict, outc: dict) -> list[dict]:
     """The same targets packed by root-to-leaf path, for training: one conversation per leaf whose agent
     turns carry their node's targets.  Every node is labeled in exactly one path (the first that reaches it),
@@ -125,9 +118,9 @@ def export_dataset(trees: list[Tree], env_name: str, out_dir: str | Path, val_fr
     ``state`` is the prompt at the parent (shared formatter); ``action_text`` is the agent turn; ``targets``
     holds every target kind (q normalized, raw q, avg_reward, outcome) so that ablations reuse one file.
     """
-    import json
     out_dir = Path(out_dir)
-    train_ids, val_ids = split_tasks(trees, val_fraction, seed)
+    # at least one validation tree: stage 04 selects its checkpoint on them
+    train_ids, val_ids = split_ids((t.task.id for t in trees), val_fraction, seed, min_val=1)
     counts = {"train": 0, "val": 0}
     informative = {"train": 0, "val": 0}  # sibling groups whose q targets differ: what ranking can learn from
     dropped = 0

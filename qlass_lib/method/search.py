@@ -21,6 +21,7 @@ stepped only with the chosen action, so no reward of an unexecuted candidate is 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import torch
 
 from qlass_lib.text import prompts
 from qlass_lib.models.policy import Policy
-from qlass_lib.method.rollout import greedy_chooser, run_episode  # noqa: F401 (greedy_chooser re-exported)
+from qlass_lib.method.rollout import episode_record, greedy_chooser, run_episode, sampling_chooser  # noqa: F401 (re-exported)
 from qlass_lib.core.artifacts import ResumableLog
 from qlass_lib.core.budget import Budget
 from qlass_lib.envs import TaskRef
@@ -40,12 +41,6 @@ from qlass_lib.text.paraphrase import Paraphraser, with_task_text
 def episode_seed(seed: int, method: str, task_id: str, traj: int) -> int:
     """A stable per-episode seed (independent of run order and of how often the stage resumed)."""
     return int(hashlib.sha256(f"{seed}|{method}|{task_id}|{traj}".encode()).hexdigest()[:12], 16)
-
-
-def sampling_chooser(policy: Policy, sampling, budget: Budget):
-    def choose(state, turn):
-        return policy.propose(state, 1, sampling, budget)[0], {}
-    return choose
 
 
 def action_key(action: str | None, text: str) -> tuple:
@@ -64,30 +59,59 @@ def distinct(cands: list) -> list[int]:
     return keep
 
 
-def qlass_chooser(policy: Policy, qnet, m: int, sampling, budget: Budget, paraphrases: list[str] | None = None,
-                  original: str | None = None, dedup: bool = True, prior_weight: float = 0.0):
-    """Sample ``m`` candidates, score the distinct ones with the QNet on the original state, return the argmax
-    of Q + ``prior_weight`` · log π (the candidate's own log-probability under the policy).
+@dataclass
+class Ranked:
+    """One ranked step: the M samples, the first of each distinct action, and the executed one."""
+    cands: list           # the M sampled candidates, in order
+    keep: list[int]       # index in ``cands`` of each distinct action's first sample
+    pool: list            # those candidates
+    best: int             # position in ``pool`` of the executed candidate
+    values: dict | None   # per-candidate values of the pool by name ("rank" is maximized); None: one distinct
 
-    With one distinct candidate there is nothing to choose and the QNet is not called (``q`` is None)."""
+
+def ranked_chooser(propose, value, describe, dedup: bool = True):
+    """The one QLASS step, sample M → drop duplicate actions → score → argmax, for any scoring function.
+
+    ``propose(state)`` samples the M candidates; ``value(state, pool)`` returns named per-candidate values whose
+    ``"rank"`` entry is maximized (QLASS: the QNet's Q; QLASS-prior: Q + w·log π; the lookahead diagnostic's
+    rankers); ``describe(ranked)`` gives the turn's record.  With one distinct candidate nothing is scored."""
     def choose(state, turn):
-        if paraphrases:
-            states = [with_task_text(state, original, paraphrases[j % len(paraphrases)]) for j in range(m)]
-            cands = policy.propose_many(states, sampling, budget)
-        else:
-            cands = policy.propose(state, m, sampling, budget)
+        cands = propose(state)
         keep = distinct(cands) if dedup else list(range(len(cands)))
         pool = [cands[i] for i in keep]
-        if len(pool) == 1:
-            return pool[0], {"q": None, "distinct": 1, "candidates": [{"action": c.action, "text": c.text, "q": None}
-                                                                       for c in cands]}
-        values = qnet.score(state, [c.text for c in pool], budget)
-        best = int(np.argmax(guided_scores(values, pool, prior_weight)))
-        qs = dict(zip(keep, values))
-        return pool[best], {"q": values[best], "distinct": len(pool),
-                            "candidates": [{"action": c.action, "text": c.text, "q": qs.get(i), "logprob": c.logprob}
-                                           for i, c in enumerate(cands)]}
+        values = value(state, pool) if len(pool) > 1 else None
+        best = 0 if values is None else int(np.argmax(values["rank"]))
+        r = Ranked(cands, keep, pool, best, values)
+        return pool[best], describe(r)
     return choose
+
+
+def qlass_chooser(policy: Policy, qnet, m: int, sampling, budget: Budget, paraphrases: list[str] | None = None,
+                  original: str | None = None, dedup: bool = True, prior_weight: float = 0.0):
+    """QLASS: sample ``m`` candidates, score the distinct ones with the QNet on the original state, execute the
+    argmax of Q + ``prior_weight`` · log π (the candidate's own log-probability under the policy).
+
+    With one distinct candidate there is nothing to choose and the QNet is not called (``q`` is None)."""
+    def propose(state):
+        if paraphrases:
+            states = [with_task_text(state, original, paraphrases[j % len(paraphrases)]) for j in range(m)]
+            return policy.propose_many(states, sampling, budget)
+        return policy.propose(state, m, sampling, budget)
+
+    def value(state, pool):
+        q = qnet.score(state, [c.text for c in pool], budget)
+        return {"rank": guided_scores(q, pool, prior_weight), "q": q}
+    return ranked_chooser(propose, value, _qlass_turn, dedup)
+
+
+def _qlass_turn(r: Ranked) -> dict:
+    if r.values is None:
+        return {"q": None, "distinct": 1, "candidates": [{"action": c.action, "text": c.text, "q": None}
+                                                          for c in r.cands]}
+    qs = dict(zip(r.keep, r.values["q"]))
+    return {"q": r.values["q"][r.best], "distinct": len(r.pool),
+            "candidates": [{"action": c.action, "text": c.text, "q": qs.get(i), "logprob": c.logprob}
+                           for i, c in enumerate(r.cands)]}
 
 
 def guided_scores(values: list[float], pool: list, prior_weight: float) -> np.ndarray:
@@ -104,12 +128,6 @@ def guided_scores(values: list[float], pool: list, prior_weight: float) -> np.nd
 def episode_key(r: dict) -> tuple:
     """What identifies a record of an episode log: (method, task, trajectory, seed)."""
     return r["method"], r["task"], r["traj"], r.get("seed", 0)
-
-
-def episode_log_record(method: str, traj: int, seed: int, ep, task: TaskRef, budget: Budget, **tag) -> dict:
-    """The record of one finished search/generation episode, as every episode log stores it."""
-    return {"method": method, "traj": traj, "seed": seed, **tag, **ep.to_dict(), "task_type": task.task_type,
-            "variation": task.variation, "budget": budget.snapshot()}
 
 
 def run_method(executor, tasks: list[TaskRef], method: str, make_chooser, n_traj: int, out_path: str | Path,
@@ -136,7 +154,7 @@ def _episode_job(method: str, make_chooser, seed: int, paraphraser, tag: dict, w
     if paraphraser is not None and i > 0:
         text_fn = lambda text: paraphraser(text, i)  # noqa: E731
     ep = run_episode(ws.env, task, make_chooser(ws, budget, i), budget, example=ws.example, task_text_fn=text_fn)
-    return episode_log_record(method, i, seed, ep, task, budget, **tag)
+    return episode_record(ep, task, budget, method=method, traj=i, seed=seed, **tag)
 
 
 def run_suite(executor, tasks: list[TaskRef], search_cfg, out_path: str | Path, paraphraser: Paraphraser) -> list[dict]:

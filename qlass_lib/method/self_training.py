@@ -92,8 +92,8 @@ def rft_generation(env: TextEnv, tasks: list[TaskRef], policy, sampling, token_b
     most ``max_per_task``).  Resumable: a rerun continues each task from the episodes already in the log."""
     import torch
 
-    from qlass_lib.method.rollout import run_episode
-    from qlass_lib.method.search import episode_key, episode_log_record, episode_seed, sampling_chooser
+    from qlass_lib.method.rollout import episode_record, run_episode, sampling_chooser
+    from qlass_lib.method.search import episode_key, episode_seed
     log = ResumableLog(out_path, key=episode_key)
     mine = [r for r in log.records() if r["method"] == method and r.get("seed", 0) == seed]
     for task in tqdm(tasks, desc=method, leave=False):
@@ -103,7 +103,7 @@ def rft_generation(env: TextEnv, tasks: list[TaskRef], policy, sampling, token_b
             torch.manual_seed(episode_seed(seed, method, task.id, i))
             budget = Budget()
             ep = run_episode(env, task, sampling_chooser(policy, sampling, budget), budget, example=example)
-            log.append(episode_log_record(method, i, seed, ep, task, budget))
+            log.append(episode_record(ep, task, budget, method=method, traj=i, seed=seed))
             spent += budget.gen_tokens
             i += 1
     wanted = {t.id for t in tasks}

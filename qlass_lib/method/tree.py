@@ -22,6 +22,7 @@ from qlass_lib.text import prompts
 from qlass_lib.core.artifacts import ResumableLog, read_jsonl
 from qlass_lib.core.budget import Budget
 from qlass_lib.envs import TaskRef, TextEnv
+from qlass_lib.method.rollout import act, continuing, play, sampling_chooser
 
 SCHEMA_VERSION = 1
 
@@ -97,20 +98,12 @@ class TreeBuilder:
         self.env, self.proposer, self.cfg, self.example = env, proposer, tree_cfg, example
 
     # -- env helpers -------------------------------------------------------------------------------------
-    def _act(self, action: str | None, budget: Budget):
-        if action is None:
-            return self.env.skip_turn(prompts.NO_ACTION_OBSERVATION)
-        with budget.timing("env"):
-            step = self.env.step(action)
-        budget.add_env_steps()
-        return step
-
     def _goto(self, tree: Tree, node_id: int, budget: Budget, stats: dict) -> None:
         """Reset and replay the action prefix of ``node_id``; count replay steps and any mismatch."""
         with budget.timing("env"):
             self.env.reset(tree.task)
         for n in tree.path(node_id)[1:]:
-            step = self._act(n.action, budget)
+            step = act(self.env, n.action, budget)
             stats["replay_steps"] += 1
             if step.observation != n.observation:
                 stats["replay_mismatches"] += 1
@@ -189,7 +182,7 @@ class TreeBuilder:
     def _attach(self, tree: Tree, actions: list[str], budget: Budget) -> None:
         nid, chain = 0, []
         for a in actions:
-            step = self._act(a, budget)
+            step = act(self.env, a, budget)
             nid = self._add(tree, nid, prompts.agent_turn(a), a, step, "expert", 0)
             chain.append(nid)
             if step.done:
@@ -221,15 +214,13 @@ class TreeBuilder:
             if stats["rollouts"] >= cfg.max_rollouts:
                 break
             self._goto(tree, nid, budget, stats)
-            step = self._act(cand.action, budget)
-            child = self._add(tree, nid, cand.text, cand.action, step, "policy", cand.tokens)
-            chain, cur, st = [child], child, prompts.extend(state, cand.text, step.observation)
-            while not tree.nodes[cur].terminal:
-                c = self.proposer.propose(st, 1, cfg.sampling, budget)[0]
-                step = self._act(c.action, budget)
+            chain, cur = [], nid
+            # the accepted candidate first, then the policy samples until the episode ends
+            rollout = continuing(cand, sampling_chooser(self.proposer, cfg.sampling, budget))
+            for c, _, step, _ in play(self.env, state, rollout, budget):
                 cur = self._add(tree, cur, c.text, c.action, step, "policy", c.tokens)
                 chain.append(cur)
-                st = prompts.extend(st, c.text, step.observation)
+            child = chain[0]
             final = tree.nodes[cur].score
             for c_id in chain:
                 tree.nodes[c_id].rollout_reward = final
