@@ -34,3 +34,26 @@ def test_comparison_table_averages_seeds_per_task():
     r = tab.iloc[0]
     assert r["mean_diff"] == pytest.approx(50.0)  # per task: mean over the two seeds, x100
     assert r["ci_low"] == pytest.approx(50.0) and r["excludes_zero"]
+
+
+def test_cluster_bootstrap_widens_the_interval_of_duplicated_tasks():
+    """Two task types on one ScienceWorld variation share a world: when each difference comes twice, resampling
+    tasks counts 2n independent tasks, resampling variations counts n; the group interval is the wider one and
+    equals the plain interval of the n distinct values."""
+    import pandas as pd
+    from qlass_lib.core.stats import bootstrap_mean_ci, cluster_bootstrap_ci, paired_difference, shared_world_clusters
+    from qlass_lib.envs import TaskRef
+    d = [1.0, -1.0, 0.0, 2.0, 1.0, 0.0, -0.5, 1.5]
+    tasks = [TaskRef(t, v) for t in ("find-animal", "find-living-thing") for v in range(len(d))]
+    clusters = shared_world_clusters("scienceworld", tasks)
+    assert clusters["find-animal_3"] == clusters["find-living-thing_3"] == "v3" and len(set(clusters.values())) == 8
+    assert shared_world_clusters("webshop", tasks) is None
+    assert shared_world_clusters("scienceworld", tasks[:8]) is None  # one type: no two tasks share a world
+    a = pd.Series(d + d, index=[t.id for t in tasks])
+    b = pd.Series(0.0, index=a.index)
+    r = paired_difference(a, b, n_boot=4000, seed=0, clusters=clusters)
+    assert r["clusters"] == 8 and r["tasks"] == 16 and r["mean_diff"] == sum(d) / 8
+    assert r["cluster_ci_high"] - r["cluster_ci_low"] > r["ci_high"] - r["ci_low"]
+    # whole clusters of equal size: the same resampling as the n distinct values, draw for draw
+    _, lo, hi = bootstrap_mean_ci(d, 4000, seed=0)
+    assert cluster_bootstrap_ci(d + d, [f"v{i}" for i in range(8)] * 2, 4000, seed=0) == (lo, hi)

@@ -77,7 +77,8 @@ def ablation(runner, tasks, ctx, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]
     table.insert(0, "target", table.method.str.replace("ablation-", ""))
     table.to_csv(out / "ablation.csv", index=False)
     pairs = [("first", "ablation-q", f"ablation-{t}") for t in cfg.qnet.ablation_targets]
-    cmp = stats.comparison_table(scores, pairs, seed=cfg.seed)
+    cmp = stats.comparison_table(scores, pairs, seed=cfg.seed,
+                                 clusters=stats.shared_world_clusters(cfg.env.name, tasks))
     cmp.to_csv(out / "ablation_comparisons.csv", index=False)
     return table, cmp
 
@@ -115,7 +116,9 @@ def run(ctx) -> SearchResult:
         scores.to_csv(out / "task_scores.csv", index=False)
         table = selection.results_table(scores)
         table.to_csv(out / "results.csv", index=False)
-        comparisons = stats.comparison_table(scores, selection.standard_pairs(list(table.method)), seed=cfg.seed)
+        clusters = stats.shared_world_clusters(env.name, tasks)
+        comparisons = stats.comparison_table(scores, selection.standard_pairs(list(table.method)), seed=cfg.seed,
+                                             clusters=clusters)
         comparisons.to_csv(out / "comparisons.csv", index=False)
         diversity = search.candidate_diversity(episodes)
         diversity.to_csv(out / "candidate_diversity.csv", index=False)
