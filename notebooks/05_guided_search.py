@@ -77,5 +77,6 @@ res.case_study
 # ## Process-reward ablation (paper §5.5): QNets trained on different targets guide the same search
 
 # %%
-display(res.ablation.round(2))
-display(res.ablation_comparisons.round(2))
+if len(res.ablation):  # qnet.ablation_targets empty: no ablation in this run
+    display(res.ablation.round(2))
+    display(res.ablation_comparisons.round(2))

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from qlass_lib.method import bc
 from qlass_lib.text import examples

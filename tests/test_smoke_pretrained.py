@@ -93,3 +93,35 @@ def test_bench_runs_on_the_lora_policy(run):
                 "train_tokens_per_s"):
         assert b[key] > 0
     assert "BC training input tokens/s" in proc.stdout
+
+
+@pytest.mark.smoke
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "webshop").is_dir(), reason="shared WebShop data not present")
+def test_one_webshop_episode_on_the_pretrained_policy(run):
+    """The pretrained path on WebShop (issue 44's proof of path while the WebShop series keeps the tiny model in
+    make test): the LoRA policy on SmolLM2 acts through the one rollout loop, in its chat template, on a WebShop
+    goal; every turn is an action the env answered or the no-action observation."""
+    import torch
+    from qlass_lib.core.budget import Budget
+    from qlass_lib.core.config import load_config
+    from qlass_lib.envs.webshop import WebShopEnv
+    from qlass_lib.method.rollout import greedy_chooser, run_episode
+    from qlass_lib.models.generation import make_policy
+    from qlass_lib.text import prompts
+    cfg = load_config(RUN / "params.json")
+    policy = make_policy(cfg, RUN / "01_behavior_cloning" / "policy", env_name="webshop", backend="hf")
+    env = WebShopEnv(str(ROOT.parent / "shared" / "data" / "webshop"), max_turns=3)
+    task = env.tasks("test")[0]
+    budget = Budget()
+    torch.manual_seed(0)
+    ep = run_episode(env, task, greedy_chooser(policy, budget), budget)
+    assert 1 <= ep.steps <= 3 and budget.gen_tokens > 0 and 0.0 <= ep.reward <= 1.0
+    assert ep.task_text and ep.first_observation.startswith("WebShop [SEP] Instruction:")
+    for t in ep.turns:
+        assert t["observation"] and t["tokens"] > 0
+        assert t["action"] == prompts.parse_action(t["text"])
+        if t["action"] is None:
+            assert t["observation"] == prompts.NO_ACTION_OBSERVATION
+    rendered = policy.tokenizer.apply_chat_template(prompts.initial_state("webshop", ep.task_text, ep.first_observation),
+                                                   tokenize=False, add_generation_prompt=True)
+    assert rendered.count("<|im_start|>") >= 2 and rendered.endswith("<|im_start|>assistant\n")

@@ -70,6 +70,8 @@ def ablation(runner, tasks, ctx, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]
     from qlass_lib.method import search, selection
     from qlass_lib.core import stats
     cfg = ctx.cfg
+    if not cfg.qnet.ablation_targets:  # nothing to compare the Q-target QNet with: no ablation episodes, no files
+        return pd.DataFrame(), pd.DataFrame()
     targets = ["q", *cfg.qnet.ablation_targets]
     eps = search.run_ablation(runner, tasks, targets, cfg.search, out / "ablation_episodes.jsonl")
     scores = selection.task_scores(eps)
