@@ -97,6 +97,15 @@ def test_bf16_only_where_the_cpu_runs_it_natively(monkeypatch):
             assert (a @ a).dtype == (torch.bfloat16 if supported else torch.float32)
         with models.autocast(ModelConfig(device="cpu", bf16=False), cpu):
             assert (a @ a).dtype == torch.float32
+        split = ModelConfig(device="cpu", bf16_decoding=False)  # per phase: training in bf16, decoding in fp32
+        with models.autocast(split, cpu):
+            assert (a @ a).dtype == (torch.bfloat16 if supported else torch.float32)
+        with models.autocast(split, cpu, decoding=True):
+            assert (a @ a).dtype == torch.float32
+        with models.autocast(ModelConfig(device="cpu"), cpu, decoding=True):
+            assert (a @ a).dtype == (torch.bfloat16 if supported else torch.float32)
+        assert models.precision(split, cpu) == ("bf16 (decoding fp32)" if supported else
+                                                "fp32 (bf16 asked for; cpu has no native bf16)")
 
 
 def test_cpu_bf16_needs_the_instructions_not_only_onednn(monkeypatch):

@@ -83,6 +83,7 @@ class ModelConfig:
     lora_dropout: float = doc(0.05, "LoRA dropout", ge=0, lt=1)
     lora_target_modules: list[str] = doc(["q_proj", "k_proj", "v_proj", "o_proj"], "modules LoRA adapts")
     bf16: bool = doc(True, "bf16 autocast where the device runs bf16 natively (CUDA with bf16, AVX-512 CPUs); fp32 elsewhere (the manifest records which)")
+    bf16_decoding: bool = doc(True, "with bf16 on: decoding (sampling, greedy) under bf16 autocast too; false: decoding in fp32, training and scoring in bf16")
     gradient_checkpointing: bool = doc(False, "trade compute for memory during training")
     trust_remote_code: bool = doc(False, "allow model repos to run their own code (off by default)")
     device: str = doc("auto", "'auto', 'cpu' or 'cuda'")

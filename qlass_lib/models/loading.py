@@ -103,12 +103,18 @@ def precision(model_cfg, device: torch.device | None = None) -> str:
     device = device or pick_device(model_cfg.device)
     if not model_cfg.bf16:
         return "fp32"
-    return "bf16" if native_bf16(device) else f"fp32 (bf16 asked for; {device.type} has no native bf16)"
+    if not native_bf16(device):
+        return f"fp32 (bf16 asked for; {device.type} has no native bf16)"
+    return "bf16" if getattr(model_cfg, "bf16_decoding", True) else "bf16 (decoding fp32)"
 
 
-def autocast(model_cfg, device: torch.device):
-    """bf16 autocast where asked for and native (:func:`native_bf16`); a no-op context otherwise."""
+def autocast(model_cfg, device: torch.device, decoding: bool = False):
+    """bf16 autocast where asked for and native (:func:`native_bf16`); a no-op context otherwise.  ``decoding``
+    (token-by-token generation): also a no-op with ``model.bf16_decoding`` off, since on a CPU a decoding step of a
+    small model is too small for bf16 units to repay autocast's casts while training batches are not."""
     if not model_cfg.bf16 or not native_bf16(device):
+        return contextlib.nullcontext()
+    if decoding and not getattr(model_cfg, "bf16_decoding", True):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 

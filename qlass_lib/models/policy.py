@@ -56,7 +56,7 @@ class Policy:
         model.eval()
         ctx = budget.timing("gen") if budget is not None else _null()
         computed = self.prefix.computed_tokens
-        with ctx, autocast(self.model_cfg, device):
+        with ctx, autocast(self.model_cfg, device, decoding=True):
             if getattr(self.model_cfg, "kv_cache", False) and len(ids) > 1:
                 cache = self.prefix.get(ids[:-1], self._extend)
                 if rows > 1:
@@ -95,7 +95,7 @@ class Policy:
         n = ids.shape[1]
         model.eval()
         ctx = budget.timing("gen") if budget is not None else _null()
-        with ctx, autocast(self.model_cfg, device):
+        with ctx, autocast(self.model_cfg, device, decoding=True):
             out = model.generate(ids.to(device), attention_mask=att.to(device), do_sample=True,
                                  temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                  max_new_tokens=sampling.max_new_tokens, eos_token_id=tok.eos_token_id,
