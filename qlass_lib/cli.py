@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--search-tasks", type=int, default=0,
                    help="also time the search stage on this many held-out tasks, with and without the KV cache")
     b.add_argument("--train-steps", type=int, default=0, help="also time this many BC training steps (tokens/s)")
+    b.add_argument("--decoding-precision", type=int, default=0, metavar="STATES",
+                   help="also time decoding on this many states under bf16 autocast and in fp32 (model.bf16_decoding)")
     bp = sub.add_parser("bench-parallel", help="hf vs openai (vLLM) tokens/s and tree-stage wall time on 1 vs 2 Ray workers")
     bp.add_argument("run_dir", help="a run with stage 01 done, e.g. runs/default")
     bp.add_argument("--states", type=int, default=40, help="evaluation-episode states to sample at")
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (Path(args.run_dir) / "params.json").is_file():
                 raise ConfigError(f"no run at {args.run_dir} (expected a folder written by 'python -m qlass_lib run')")
             print(markdown(bench(args.run_dir, args.states, args.m, search_tasks=args.search_tasks,
-                                 train_steps=args.train_steps)))
+                                 train_steps=args.train_steps, precision_states=args.decoding_precision)))
             return 0
         if args.cmd == "report":
             from qlass_lib.report import summarize_run

@@ -84,14 +84,19 @@ def test_the_trained_qnet_scores_candidates_batched_as_one_by_one(run):
 @pytest.mark.smoke
 def test_bench_runs_on_the_lora_policy(run):
     """The hot-path benchmark on the pretrained LoRA policy, training rate included (timings are not asserted)."""
-    proc = subprocess.run([sys.executable, "-m", "qlass_lib", "bench", str(RUN), "--states", "2", "--train-steps", "1"],
+    proc = subprocess.run([sys.executable, "-m", "qlass_lib", "bench", str(RUN), "--states", "2", "--train-steps", "1",
+                           "--decoding-precision", "1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     b = json.loads((RUN / "bench" / "bench.json").read_text())
     assert b["schema_version"] == 2 and b["states"] == 2 and b["train_steps"] == 1
     for key in ("sample_m_over_1_cache", "qnet_m_over_1", "gen_tokens_per_s_1_cache", "gen_tokens_per_s_4_cache",
-                "train_tokens_per_s"):
+                "train_tokens_per_s", "decode_tokens_per_s_1_bf16", "decode_tokens_per_s_4_fp32"):
         assert b[key] > 0
+    import torch
+
+    from qlass_lib.models import loading
+    assert b["decoding_precision_native_bf16"] == loading.native_bf16(torch.device("cpu"))
     assert "BC training input tokens/s" in proc.stdout
 
 

@@ -82,6 +82,33 @@ def train_rate(ctx, steps: int = 2, seed: int = 0) -> dict:
     return {"train_steps": max(0, len(batches) - 1), "train_tokens_per_s": tokens / secs if secs else None}
 
 
+def decoding_precision(ctx, states, m: int, sampling, seed: int = 0, rounds: int = 2) -> dict:
+    """Generated tokens per second with decoding under bf16 autocast and in fp32 (``model.bf16_decoding`` true /
+    false), 1 and ``m`` rows, KV cache on; the two settings alternate ``rounds`` times on the same states so that
+    neither gets the warmer machine.  Meaningful only where the device runs bf16 natively
+    (``decoding_precision_native_bf16``); elsewhere both settings decode in fp32."""
+    from qlass_lib.core.budget import Budget
+    from qlass_lib.models.loading import model_device, native_bf16
+    pol = ctx.policy()
+    base = dataclasses.replace(pol.model_cfg, kv_cache=True, bf16=True)
+    out = {"decoding_precision_native_bf16": native_bf16(model_device(pol.model))}
+    tokens = {(d, n): [0, 0.0] for d in (True, False) for n in (1, m)}
+    for _ in range(rounds):
+        for bf16_dec in (True, False):
+            pol.model_cfg = dataclasses.replace(base, bf16_decoding=bf16_dec)
+            pol.prefix.reset()  # keys cached under the other precision are not reused
+            for n in (1, m):
+                torch.manual_seed(seed)
+                b, t0 = Budget(), time.perf_counter()
+                for s in states:
+                    pol.propose(s, n, sampling, b)
+                tokens[(bf16_dec, n)][0] += b.gen_tokens
+                tokens[(bf16_dec, n)][1] += time.perf_counter() - t0
+    for (bf16_dec, n), (tok, secs) in tokens.items():
+        out[f"decode_tokens_per_s_{n}_{'bf16' if bf16_dec else 'fp32'}"] = tok / secs
+    return out
+
+
 def _time_qnet(qnet, states, cands, m: int) -> float:
     qnet.prefix.reset()
     t0 = time.perf_counter()
@@ -135,7 +162,7 @@ def search_wall(ctx, n_tasks: int) -> dict:
 
 
 def bench(run_dir: str | Path, n_states: int = 60, m: int = 4, seed: int = 0, search_tasks: int = 0,
-          train_steps: int = 0) -> dict:
+          train_steps: int = 0, precision_states: int = 0) -> dict:
     from qlass_lib.core.series import STAGES
     from qlass_lib.run.context import RunContext
     run_dir = Path(run_dir)
@@ -169,6 +196,8 @@ def bench(run_dir: str | Path, n_states: int = 60, m: int = 4, seed: int = 0, se
     out["tree"] = tree_env_share(run_dir)
     if train_steps:
         out.update(train_rate(ctx, train_steps, seed))
+    if precision_states:
+        out.update(decoding_precision(ctx, states[:precision_states], m, sampling, seed))
     if search_tasks and (qdir / "value_head.safetensors").is_file():
         out.update(search_wall(ctx, search_tasks))
     d = run_dir / "bench"
@@ -195,6 +224,11 @@ def markdown(b: dict) -> str:
                  f"{b[f'gen_tokens_per_s_{m}_cache']:.1f} |")
     if b.get("train_tokens_per_s"):
         lines.append(f"| BC training input tokens/s ({b['train_steps']} steps) | {b['train_tokens_per_s']:.0f} |")
+    if "decode_tokens_per_s_1_fp32" in b:
+        lines.append(f"| decoding tokens/s, 1 / {m} rows: bf16 autocast | {b['decode_tokens_per_s_1_bf16']:.1f} / "
+                     f"{b[f'decode_tokens_per_s_{m}_bf16']:.1f} |")
+        lines.append(f"| decoding tokens/s, 1 / {m} rows: fp32 | {b['decode_tokens_per_s_1_fp32']:.1f} / "
+                     f"{b[f'decode_tokens_per_s_{m}_fp32']:.1f} |")
     t = b.get("tree") or {}
     if t.get("env_share") is not None:
         lines.append(f"| env share of tree-building wall time (goal <= 0.2) | {t['env_share']:.2f} |")
