@@ -90,7 +90,7 @@ def decoding_precision(ctx, states, m: int, sampling, seed: int = 0, rounds: int
     from qlass_lib.core.budget import Budget
     from qlass_lib.models.loading import model_device, native_bf16
     pol = ctx.policy()
-    base = dataclasses.replace(pol.model_cfg, kv_cache=True, bf16=True)
+    original, base = pol.model_cfg, dataclasses.replace(pol.model_cfg, kv_cache=True, bf16=True)
     out = {"decoding_precision_native_bf16": native_bf16(model_device(pol.model))}
     tokens = {(d, n): [0, 0.0] for d in (True, False) for n in (1, m)}
     for _ in range(rounds):
@@ -104,6 +104,8 @@ def decoding_precision(ctx, states, m: int, sampling, seed: int = 0, rounds: int
                     pol.propose(s, n, sampling, b)
                 tokens[(bf16_dec, n)][0] += b.gen_tokens
                 tokens[(bf16_dec, n)][1] += time.perf_counter() - t0
+    pol.model_cfg = original
+    pol.prefix.reset()
     for (bf16_dec, n), (tok, secs) in tokens.items():
         out[f"decode_tokens_per_s_{n}_{'bf16' if bf16_dec else 'fp32'}"] = tok / secs
     return out
