@@ -42,11 +42,13 @@ def _states(run_dir: Path, env_name: str, limit: int) -> list[list[dict]]:
     return out[:limit]
 
 
-def _time_policy(ctx, states, m: int, kv: bool, sampling, seed: int) -> tuple[float, list, int]:
-    """(seconds, candidate texts per state, tokens generated) for ``m`` samples at every state."""
+def _time_policy(pol, states, m: int, kv: bool, sampling, seed: int) -> tuple[float, list, int]:
+    """(seconds, candidate texts per state, tokens generated) for ``m`` samples at every state, starting from an
+    empty prefix cache (the policy is loaded once and shared by every timing)."""
     from qlass_lib.core.budget import Budget
-    pol = ctx.policy()
     pol.model_cfg = dataclasses.replace(pol.model_cfg, kv_cache=kv)
+    if hasattr(pol, "prefix"):
+        pol.prefix.reset()
     torch.manual_seed(seed)
     t0, cands, b = time.perf_counter(), [], Budget()
     for s in states:
@@ -82,32 +84,25 @@ def train_rate(ctx, steps: int = 2, seed: int = 0) -> dict:
     return {"train_steps": max(0, len(batches) - 1), "train_tokens_per_s": tokens / secs if secs else None}
 
 
-def decoding_precision(ctx, states, m: int, sampling, seed: int = 0, rounds: int = 2) -> dict:
+def decoding_precision(pol, states, m: int, sampling, seed: int = 0, rounds: int = 2) -> dict:
     """Generated tokens per second with decoding under bf16 autocast and in fp32 (``model.bf16_decoding`` true /
     false), 1 and ``m`` rows, KV cache on; the two settings alternate ``rounds`` times on the same states so that
     neither gets the warmer machine.  Meaningful only where the device runs bf16 natively
     (``decoding_precision_native_bf16``); elsewhere both settings decode in fp32."""
-    from qlass_lib.core.budget import Budget
     from qlass_lib.models.loading import model_device, native_bf16
-    pol = ctx.policy()
-    original, base = pol.model_cfg, dataclasses.replace(pol.model_cfg, kv_cache=True, bf16=True)
+    original = pol.model_cfg
     out = {"decoding_precision_native_bf16": native_bf16(model_device(pol.model))}
-    tokens = {(d, n): [0, 0.0] for d in (True, False) for n in (1, m)}
+    totals = {(d, n): [0, 0.0] for d in (True, False) for n in (1, m)}
     for _ in range(rounds):
         for bf16_dec in (True, False):
-            pol.model_cfg = dataclasses.replace(base, bf16_decoding=bf16_dec)
-            pol.prefix.reset()  # keys cached under the other precision are not reused
+            pol.model_cfg = dataclasses.replace(original, bf16=True, bf16_decoding=bf16_dec)
             for n in (1, m):
-                torch.manual_seed(seed)
-                b, t0 = Budget(), time.perf_counter()
-                for s in states:
-                    pol.propose(s, n, sampling, b)
-                tokens[(bf16_dec, n)][0] += b.gen_tokens
-                tokens[(bf16_dec, n)][1] += time.perf_counter() - t0
+                secs, _, tokens = _time_policy(pol, states, n, True, sampling, seed)
+                totals[(bf16_dec, n)][0] += tokens
+                totals[(bf16_dec, n)][1] += secs
     pol.model_cfg = original
-    pol.prefix.reset()
-    for (bf16_dec, n), (tok, secs) in tokens.items():
-        out[f"decode_tokens_per_s_{n}_{'bf16' if bf16_dec else 'fp32'}"] = tok / secs
+    for (bf16_dec, n), (tokens, secs) in totals.items():
+        out[f"decode_tokens_per_s_{n}_{'bf16' if bf16_dec else 'fp32'}"] = tokens / secs
     return out
 
 
@@ -175,9 +170,10 @@ def bench(run_dir: str | Path, n_states: int = 60, m: int = 4, seed: int = 0, se
         raise FileNotFoundError(f"no evaluation episodes in {run_dir / STAGES['01']}: run stage 01 first")
     sampling = cfg.search.sampling
     rows, gen = {}, {}
+    pol = ctx.policy()
     for kv in (True, False):
         for n in (1, m):
-            secs, cands, tokens = _time_policy(ctx, states, n, kv, sampling, seed)
+            secs, cands, tokens = _time_policy(pol, states, n, kv, sampling, seed)
             rows[f"sample_{n}_{'cache' if kv else 'nocache'}_s"] = secs
             gen[f"gen_tokens_per_s_{n}_{'cache' if kv else 'nocache'}"] = tokens / secs
             if n == m and kv:
@@ -199,7 +195,7 @@ def bench(run_dir: str | Path, n_states: int = 60, m: int = 4, seed: int = 0, se
     if train_steps:
         out.update(train_rate(ctx, train_steps, seed))
     if precision_states:
-        out.update(decoding_precision(ctx, states[:precision_states], m, sampling, seed))
+        out.update(decoding_precision(pol, states[:precision_states], m, sampling, seed))
     if search_tasks and (qdir / "value_head.safetensors").is_file():
         out.update(search_wall(ctx, search_tasks))
     d = run_dir / "bench"
