@@ -26,7 +26,7 @@ _EPILOG = """examples:
   python -m qlass_lib lookahead runs/default --split dev --per-type 15 --m 2
   python -m qlass_lib gpu-check runs/default --out runs/gpu-check --shape 7b   # on a CUDA machine
   python -m qlass_lib annotations params/default.yaml --fractions 1 0.5 0.25
-  python -m qlass_lib expert-survey params/alfworld.yaml --set env.alfworld_expert=planner --per-type 10"""
+  python -m qlass_lib expert-survey params/alfworld-tiny.yaml --set env.alfworld_expert=planner --per-type 10"""
 
 
 def parse_set(items: list[str]) -> dict:
