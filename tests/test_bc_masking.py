@@ -59,6 +59,22 @@ def test_long_conversation_truncates_from_left_keeping_current_turn(tiny_tok):
     assert "room 0" not in tok.decode(ex[-1].input_ids)
 
 
+def test_window_stats_count_what_long_conversations_cost(tiny_tok):
+    tok, _ = tiny_tok
+    short = {"id": "s", "conversations": to_conversations(_conv(2))}
+    long_ = {"id": "l", "conversations": to_conversations(_conv(12, obs_words=30))}
+    max_len = len(examples.mask_labels(tok, _conv(2))[0])  # the short one fits, the long one does not
+    assert len(examples.mask_labels(tok, _conv(12, obs_words=30))[0]) > max_len
+    ex = examples.build_examples(tok, [short, long_], max_length=max_len)
+    stats = examples.window_stats(ex)
+    windows = sum(len(e.input_ids) for e in ex if e.task_id == "l")
+    assert stats["windowed_conversations"] == 1 and stats["window_examples"] == 12
+    assert stats["window_token_share"] == round(windows / sum(len(e.input_ids) for e in ex), 4)
+    assert stats["window_token_share"] > 0.8  # 12 windows against one short conversation
+    assert examples.window_stats(examples.build_examples(tok, [short, long_], max_length=10**6)) == \
+        {"windowed_conversations": 0, "window_examples": 0, "window_token_share": 0.0}
+
+
 def test_loss_ignores_user_tokens(tiny_tok):
     import torch
     from qlass_lib.core.config import ModelConfig

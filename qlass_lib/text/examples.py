@@ -54,6 +54,18 @@ def build_examples(tokenizer, records: list[dict], max_length: int) -> list[Exam
     return out
 
 
+def window_stats(examples: list[Example]) -> dict:
+    """How much of a BC epoch went to conversations longer than ``max_length`` (one window per agent turn, each
+    supervising one turn): their count, their windows, and the windows' share of the epoch's input tokens."""
+    per_task: dict[str, list[int]] = {}
+    for e in examples:
+        per_task.setdefault(e.task_id, []).append(len(e.input_ids))
+    windowed = {t: n for t, n in per_task.items() if len(n) > 1}
+    total = sum(sum(n) for n in per_task.values())
+    return {"windowed_conversations": len(windowed), "window_examples": sum(len(n) for n in windowed.values()),
+            "window_token_share": round(sum(sum(n) for n in windowed.values()) / total, 4) if total else 0.0}
+
+
 def encode_pair(tokenizer, state: list[dict], action_text: str, max_length: int) -> tuple[list[int], list[int]]:
     """Token ids of state + candidate turn, and a 0/1 mask of the candidate's tokens (left-truncated to fit)."""
     msgs = prompts.fit(tokenizer, state + [{"role": "assistant", "content": action_text.strip()}], max_length,
