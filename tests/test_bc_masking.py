@@ -73,6 +73,11 @@ def test_window_stats_count_what_long_conversations_cost(tiny_tok):
     assert stats["window_token_share"] > 0.8  # 12 windows against one short conversation
     assert examples.window_stats(examples.build_examples(tok, [short, long_], max_length=10**6)) == \
         {"windowed_conversations": 0, "window_examples": 0, "window_token_share": 0.0}
+    # copies keep their record's id (recovery and object-swap copies do): whole conversations, not windows
+    copies = examples.build_examples(tok, [short, dict(short), long_, dict(long_)], max_length=max_len)
+    assert examples.window_stats(copies)["windowed_conversations"] == 2
+    assert examples.window_stats(copies)["window_examples"] == 24
+    assert [e.window for e in copies if e.task_id == "s"] == [0, 0]
 
 
 def test_loss_ignores_user_tokens(tiny_tok):

@@ -15,6 +15,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     task_id: str = ""
+    window: int = 0  # 0: a whole conversation; k >= 1: the k-th one-turn window of a conversation past max_length
 
 
 def mask_labels(tokenizer, messages: list[dict], supervise: str = "all") -> tuple[list[int], list[int]]:
@@ -45,25 +46,24 @@ def build_examples(tokenizer, records: list[dict], max_length: int) -> list[Exam
         if len(ids) <= max_length:
             out.append(Example(ids, labels, rec["id"]))
             continue
+        k = 0
         for i, m in enumerate(msgs):
             if m["role"] != "assistant" or m.get("loss") is False:
                 continue
             window = prompts.fit(tokenizer, msgs[: i + 1], max_length, add_generation_prompt=False)
             ids, labels = mask_labels(tokenizer, window, supervise="last")
-            out.append(Example(ids[-max_length:], labels[-max_length:], rec["id"]))
+            k += 1
+            out.append(Example(ids[-max_length:], labels[-max_length:], rec["id"], window=k))
     return out
 
 
 def window_stats(examples: list[Example]) -> dict:
     """How much of a BC epoch went to conversations longer than ``max_length`` (one window per agent turn, each
     supervising one turn): their count, their windows, and the windows' share of the epoch's input tokens."""
-    per_task: dict[str, list[int]] = {}
-    for e in examples:
-        per_task.setdefault(e.task_id, []).append(len(e.input_ids))
-    windowed = {t: n for t, n in per_task.items() if len(n) > 1}
-    total = sum(sum(n) for n in per_task.values())
-    return {"windowed_conversations": len(windowed), "window_examples": sum(len(n) for n in windowed.values()),
-            "window_token_share": round(sum(sum(n) for n in windowed.values()) / total, 4) if total else 0.0}
+    windows = [e for e in examples if e.window]
+    total = sum(len(e.input_ids) for e in examples)
+    return {"windowed_conversations": sum(1 for e in windows if e.window == 1), "window_examples": len(windows),
+            "window_token_share": round(sum(len(e.input_ids) for e in windows) / total, 4) if total else 0.0}
 
 
 def encode_pair(tokenizer, state: list[dict], action_text: str, max_length: int) -> tuple[list[int], list[int]]:
